@@ -1,0 +1,18 @@
+"""The `fedmed` command line: one Typer app assembling each command group."""
+
+import typer
+
+app = typer.Typer(
+    name="fedmed",
+    help="Federated fine-tuning of Segment Anything on private medical images.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """fedmed: simulate, serve, join and audit federated SAM fine-tuning."""
+
+
+# Command groups register themselves below (one module each under fedmed/cli/).
