@@ -16,3 +16,6 @@ def _root() -> None:
 
 
 # Command groups register themselves below (one module each under fedmed/cli/).
+from fedmed.cli.policy import app as policy_app  # noqa: E402
+
+app.add_typer(policy_app, name="policy")
