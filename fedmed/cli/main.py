@@ -19,3 +19,4 @@ def _root() -> None:
 from fedmed.cli.policy import app as policy_app  # noqa: E402
 
 app.add_typer(policy_app, name="policy")
+from fedmed.cli.audit import app as audit_app; app.add_typer(audit_app, name="audit")  # noqa: E402, E702

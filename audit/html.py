@@ -1,0 +1,165 @@
+"""A self-contained HTML page for an `AuditSummary`: verification status, plots (inline SVG), tables.
+
+No scripts, no external files: the page can be archived or mailed as it is.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from html import escape
+from pathlib import Path
+
+from audit.report import AuditSummary
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:2rem auto;max-width:1100px;color:#1d2733;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #d5dbe3;padding-bottom:.3rem}
+.sub{color:#5a6878;margin-top:0}.banner{padding:.8rem 1rem;border-radius:6px;margin:1rem 0;font-weight:600}
+.ok{background:#e3f4e8;border:1px solid #5cb377}.open{background:#fff4dc;border:1px solid #e0a100}.bad{background:#fde4e4;border:1px solid #d64545}
+.warn{background:#fff4dc;border:1px solid #e0a100;padding:.5rem 1rem;border-radius:6px}
+.cards{display:flex;flex-wrap:wrap;gap:.6rem}.card{border:1px solid #d5dbe3;border-radius:6px;padding:.5rem .9rem;min-width:8.5rem}
+.card b{display:block;font-size:1.25rem}.card span{color:#5a6878;font-size:.85rem}
+table{border-collapse:collapse;width:100%;font-size:.85rem;margin:.5rem 0}th,td{border-bottom:1px solid #e4e8ee;padding:.3rem .5rem;text-align:left}
+th{background:#f3f5f8}td.n{text-align:right;font-variant-numeric:tabular-nums}.mono{font-family:"DejaVu Sans Mono",monospace;font-size:.8rem}
+.plots{display:flex;flex-wrap:wrap;gap:1rem}.plot{flex:1 1 480px}.plot svg{width:100%;height:auto}
+.no{color:#b3261e;font-weight:600}dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{color:#5a6878}
+"""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _plots(s: AuditSummary) -> str:
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    labels = [f"{r.run}:{r.round}" if len(s.runs) > 1 else str(r.round) for r in s.rounds]
+    x = list(range(len(s.rounds)))
+    out = []
+    with rc_context({"svg.fonttype": "none", "font.size": 9, "svg.hashsalt": "fedmed-audit"}):
+        fig = Figure(figsize=(5.6, 3.0))
+        ax = fig.add_subplot()
+        w = 0.4
+        ax.bar([i - w / 2 for i in x], [r.bytes_sent / 2**20 for r in s.rounds], w, label="sent", color="#2f6db5")
+        ax.bar([i + w / 2 for i in x], [r.bytes_received / 2**20 for r in s.rounds], w, label="received", color="#9cb8dc")
+        ax.set(xlabel="round", ylabel="MiB", title="Bytes per round")
+        ax.set_xticks(x, labels)
+        ax.legend(frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+        out.append(f'<div class="plot">{_svg(fig)}</div>')
+
+        eps = [(i, r) for i, r in zip(x, s.rounds) if r.epsilon_total is not None]
+        if eps:
+            fig = Figure(figsize=(5.6, 3.0))
+            ax = fig.add_subplot()
+            ax.bar([i for i, _ in eps], [r.epsilon_round for _, r in eps], 0.5, color="#c9d9c0", label="ε this round")
+            ax.plot([i for i, _ in eps], [r.epsilon_total for _, r in eps], "o-", color="#2e7d32", label="ε cumulative")
+            if s.epsilon_budget is not None:
+                ax.axhline(s.epsilon_budget, color="#c62828", ls="--", label=f"budget ε = {s.epsilon_budget:g}")
+            ax.set(xlabel="round", ylabel="ε", title="Privacy budget spent")
+            ax.set_xticks(x, labels)
+            ax.set_ylim(bottom=0)
+            ax.legend(frameon=False)
+            ax.spines[["top", "right"]].set_visible(False)
+            out.append(f'<div class="plot">{_svg(fig)}</div>')
+        else:
+            out.append('<div class="plot"><p>No privacy_budget entries: this party logged no DP accounting.</p></div>')
+    return '<div class="plots">' + "".join(out) + "</div>"
+
+
+def _table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _f(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4g}"
+
+
+def render_html(s: AuditSummary) -> str:
+    v = s.verification
+    state = "ok" if v.intact and v.closed else ("bad" if v.first_bad else "open")
+    t = s.totals
+    eps_total = next((r.epsilon_total for r in reversed(s.rounds) if r.epsilon_total is not None), None)
+    cards = [("entries", t["entries"]), ("rounds", t["rounds"]), ("tensors sent", t["tensors_sent"]),
+             ("bytes sent", human_bytes(t["bytes_sent"])), ("unmasked sent", t["unmasked_sent"]),
+             ("bytes received", human_bytes(t["bytes_received"])),
+             ("ε spent / budget", f"{_f(eps_total)} / {_f(s.epsilon_budget)}"),
+             ("refusals", t["refusals"]), ("errors", t["errors"])]
+    parts = [
+        f"<h1>Audit report: {escape(s.party or '?')}</h1>",
+        f'<p class="sub mono">{escape(v.path)}</p>',
+        f'<div class="banner {state}">{escape(v.summary())}</div>',
+    ]
+    if v.trust_anchor == "embedded":
+        parts.append('<p class="warn">Trust anchor: the key the log declares itself. This shows the log is '
+                     "self-consistent; compare the fingerprint below with the party's published key.</p>")
+    parts.append(
+        "<dl>"
+        f"<dt>key fingerprint</dt><dd class='mono'>{escape(v.key_fingerprint or '–')}</dd>"
+        f"<dt>trust anchor</dt><dd>{escape(v.trust_anchor)} {escape(v.trust_anchor_source or '')}</dd>"
+        f"<dt>log id</dt><dd class='mono'>{escape(v.log_id or '–')}</dd>"
+        f"<dt>runs</dt><dd>{len(s.runs)}" + (f", interrupted: seq {', '.join(map(str, v.interrupted_runs))}" if v.interrupted_runs else "") + "</dd>"
+        "</dl>"
+    )
+    parts.append('<div class="cards">' + "".join(f"<div class='card'><b>{escape(str(val))}</b><span>{escape(k)}</span></div>" for k, val in cards) + "</div>")
+    if s.rounds:
+        parts += ["<h2>Per round</h2>", _plots(s)]
+        rows = [[str(r.run), str(r.round), str(r.tensors_sent), human_bytes(r.bytes_sent),
+                 f"<span class='no'>{r.unmasked_sent}</span>" if r.unmasked_sent else "0",
+                 str(r.tensors_received), human_bytes(r.bytes_received), _f(r.epsilon_round), _f(r.epsilon_total),
+                 _f(r.delta), escape(r.accountant or "–"),
+                 {True: "accepted", False: "<span class='no'>rejected</span>", None: "–"}[r.policy_accepted],
+                 str(r.refusals), str(r.errors)] for r in s.rounds]
+        parts.append(_table(["run", "round", "tensors sent", "bytes sent", "unmasked", "tensors recv", "bytes recv",
+                             "ε round", "ε total", "δ", "accountant", "policy", "refusals", "errors"],
+                            rows, numeric={2, 3, 4, 5, 6, 7, 8, 9, 12, 13}))
+    parts.append(f"<h2>Refusals, errors, rejected policy checks ({len(s.events)})</h2>")
+    if s.events:
+        parts.append(_table(["seq", "time", "run", "round", "what", "detail"],
+                            [[str(e.seq), escape(e.time), str(e.run), "–" if e.round is None else str(e.round),
+                              escape(e.kind), escape(e.text)] for e in s.events], numeric={0}))
+    else:
+        parts.append("<p>None.</p>")
+    parts.append("<h2>Runs</h2>")
+    parts.append(_table(["run", "started", "role", "policy", "ε budget", "δ budget", "ended", "config"],
+                        [[str(r.run), escape(r.time), escape(r.role or "–"), escape(r.policy or "–"),
+                          _f(r.epsilon_budget), _f(r.delta_budget),
+                          escape(r.end_status) if r.end_status else "<span class='no'>never</span>",
+                          "<span class='mono'>" + escape(", ".join(f"{k}={v}" for k, v in r.config.items())) + "</span>"]
+                         for r in s.runs]))
+    parts.append(f"<h2>Tensors ({len(s.tensors)})</h2>")
+    parts.append(_table(["seq", "run", "round", "dir", "peer", "name", "shape", "dtype", "bytes", "masked", "sha256"],
+                        [[str(x.seq), str(x.run), str(x.round), x.direction, escape(x.peer), f"<span class='mono'>{escape(x.name)}</span>",
+                          escape("×".join(map(str, x.shape)) or "scalar"), escape(x.dtype), str(x.nbytes),
+                          "yes" if x.masked else "<span class='no'>no</span>",
+                          f"<span class='mono' title='{x.sha256}'>{x.sha256[:16]}…</span>"] for x in s.tensors],
+                        numeric={0, 8}))
+    title = f"fedmed audit: {s.party or v.path}"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{_CSS}</style></head>"
+            f"<body>{''.join(parts)}</body></html>\n")
+
+
+def write_html(s: AuditSummary, out: str | os.PathLike) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(s), encoding="utf-8")
+    return out

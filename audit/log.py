@@ -1,0 +1,338 @@
+"""The writer: append signed, hash-chained entries to a party's JSONL log, each one fsynced.
+
+    log = open_party_log(out / "audit", "site-1")          # site-1.jsonl, .key (0600), .pub
+    with log:
+        log.run_start(config={"method": "fedmsa"}, policy="strict", epsilon_budget=8.0)
+        log.round_start(1)
+        log.tensors_sent(round=1, peer="server", tensors=payload, masked=True)   # one fsync
+        log.privacy_budget(round=1, epsilon_round=0.4, epsilon_total=0.4, delta=1e-5, accountant="rdp")
+    # leaving the block writes run_end (status "failed", after an error entry, on an exception)
+
+Reopening a log verifies it first, continues its chain, and refuses one that does not verify.
+A run that a crash left open is closed by a `recovery` entry; a torn last line is refused
+unless `recover=True`, which moves the torn bytes to `<log>.torn-<offset>` and records them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from audit.entries import (
+    GENESIS_HASH,
+    SCHEMA_VERSION,
+    SIG_DOMAIN,
+    Entry,
+    canonical_json,
+    is_valid_party,
+    normalize_body,
+    run_transition,
+)
+from audit.errors import (
+    AuditWriteError,
+    InvalidEntryError,
+    InvalidPartyError,
+    KeyMismatchError,
+    LogCorruptError,
+    LogLockedError,
+    LogStateError,
+    TornTailError,
+)
+from audit.keys import PartyKey, load_public_key, public_raw
+from audit.verify import verify
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+Body = BaseModel | Mapping[str, Any]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def tensor_digest(data: Any) -> tuple[int, str]:
+    """(nbytes, SHA-256 hex) of a bytes-like object (bytes, memoryview, a C-contiguous numpy array)."""
+    try:
+        view = memoryview(data).cast("B")
+    except TypeError as e:
+        raise InvalidEntryError(
+            f"tensor data must be C-contiguous bytes-like (the exact bytes sent): {e}"
+        ) from None
+    return view.nbytes, hashlib.sha256(view).hexdigest()
+
+
+def tensor_body(*, round: int, peer: str, name: str, data: Any, masked: bool,
+                shape: Iterable[int] | None = None, dtype: str | None = None) -> dict[str, Any]:
+    """Body of a tensor_sent/tensor_received entry for `data`, the exact bytes on the wire.
+
+    `shape` and `dtype` default to `data.shape`/`data.dtype` (numpy arrays), else to the bytes."""
+    nbytes, digest = tensor_digest(data)
+    if shape is None:
+        shape = getattr(data, "shape", (nbytes,))
+    if dtype is None:
+        dtype = str(getattr(data, "dtype", "uint8"))
+    return dict(round=round, peer=peer, name=name, shape=[int(d) for d in shape], dtype=str(dtype),
+                nbytes=nbytes, sha256=digest, masked=masked)
+
+
+class AuditLog:
+    """An open, locked, append-only log of one party. Make one with `AuditLog.open`."""
+
+    def __init__(self, path: Path, key: PartyKey, party: str, fd: int, *, log_id: str,
+                 seq: int, prev_hash: str, run_open: bool) -> None:
+        self.path, self.key, self.party = path, key, party
+        self.log_id, self.seq, self.last_hash, self.run_open = log_id, seq, prev_hash, run_open
+        self._fd: int | None = fd
+        self._lock = threading.Lock()
+        self._broken: str | None = None
+        self._rounds = 0
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, key: PartyKey, *, party: str | None = None,
+             recover: bool = False) -> AuditLog:
+        """Open (or create) the log at `path` for appending as `party` (default: the file stem)."""
+        path = Path(path)
+        party = party or path.stem
+        if not is_valid_party(party):
+            raise InvalidPartyError(f"party {party!r}: use letters, digits, '.', '_', '-' (at most 64)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise LogLockedError(f"{path}: another writer has this log open") from None
+            if created:
+                _fsync_dir(path.parent)
+            if os.fstat(fd).st_size == 0:
+                return cls(path, key, party, fd, log_id=os.urandom(16).hex(), seq=0,
+                           prev_hash=GENESIS_HASH, run_open=False)
+            return cls._resume(path, key, party, fd, recover)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def _resume(cls, path: Path, key: PartyKey, party: str, fd: int, recover: bool) -> AuditLog:
+        rep = verify(path, key.public_key, allow_open=True)
+        if rep.first_bad is not None:
+            err = KeyMismatchError if rep.first_bad.code == "key_mismatch" else LogCorruptError
+            raise err(f"{path}: refusing to append: {rep.summary()}", rep)  # type: ignore[call-arg]
+        if rep.party != party:
+            raise InvalidPartyError(f"{path}: the log is party {rep.party!r}'s, not {party!r}")
+        log = cls(path, key, party, fd, log_id=rep.log_id or "", seq=rep.entries,
+                  prev_hash=rep.last_hash, run_open=rep.run_open)
+        torn: dict[str, Any] = {}
+        if rep.torn_tail is not None:
+            if not recover:
+                raise TornTailError(f"{path}: refusing to append: {rep.summary()}; "
+                                    "reopen with recover=True to set the torn bytes aside", rep)
+            torn = log._set_aside(rep.torn_tail.offset)
+        if rep.run_open or torn:
+            run_seq = next((e.seq for e in reversed(rep.verified) if e.kind == "run_start"), None)
+            log.append("recovery", dict(
+                reason="reopened after a crash: " + ("torn last line set aside" if torn else "the last run never ended"),
+                interrupted_run_seq=run_seq if rep.run_open else None, **torn))
+        return log
+
+    def _set_aside(self, offset: int) -> dict[str, Any]:
+        """Copy the torn bytes past `offset` to a side file, then cut them off the log."""
+        fd = self._fd
+        size = os.fstat(fd).st_size
+        torn = os.pread(fd, size - offset, offset)
+        aside = self.path.with_name(f"{self.path.name}.torn-{offset}")
+        aside.write_bytes(torn)
+        os.truncate(fd, offset)
+        os.fsync(fd)
+        return dict(torn_bytes=len(torn), torn_sha256=hashlib.sha256(torn).hexdigest(),
+                    torn_saved_to=aside.name)
+
+    # ------------------------------------------------------------------ appending
+
+    def append(self, kind: str, body: Body) -> Entry:
+        """Sign, chain, write and fsync one entry; returns it."""
+        return self.append_many([(kind, body)])[0]
+
+    def append_many(self, items: Iterable[tuple[str, Body]]) -> list[Entry]:
+        """Append several entries with one write and one fsync (e.g. a round's tensors)."""
+        with self._lock:
+            if self._fd is None:
+                raise LogStateError(f"{self.path}: the log is closed")
+            if self._broken:
+                raise LogStateError(f"{self.path}: an earlier write failed ({self._broken}); reopen the log")
+            seq, prev, run_open = self.seq, self.last_hash, self.run_open
+            entries, lines = [], []
+            for kind, body in items:
+                if kind == "run_start":  # always declare the key this log is signed with
+                    body = body.model_dump() if isinstance(body, BaseModel) else dict(body)
+                    body.update(public_key=self.key.public_bytes.hex(), key_fingerprint=self.key.fingerprint)
+                norm = normalize_body(kind, body)
+                run_open, problem = run_transition(kind, run_open, first=seq == 0)
+                if problem:
+                    raise LogStateError(f"{self.path}: {problem}")
+                env = dict(v=SCHEMA_VERSION, log_id=self.log_id, seq=seq, time=_now(),
+                           party=self.party, kind=kind, body=norm, prev_hash=prev)
+                try:
+                    digest = hashlib.sha256(canonical_json(env)).digest()
+                except (TypeError, ValueError) as e:
+                    raise InvalidEntryError(f"{kind}: body is not plain JSON ({e})") from None
+                env["sig"] = self.key.sign(SIG_DOMAIN + digest).hex()
+                lines.append(canonical_json(env) + b"\n")
+                entry = Entry.model_construct(**env)
+                entry._hash = prev = digest.hex()
+                entries.append(entry)
+                seq += 1
+            if lines:
+                self._write(b"".join(lines))
+            self.seq, self.last_hash, self.run_open = seq, prev, run_open
+            return entries
+
+    def _write(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError as e:
+            self._broken = f"{type(e).__name__}: {e}"
+            raise AuditWriteError(f"{self.path}: writing the audit log failed: {e}") from e
+
+    # ------------------------------------------------------------------ typed helpers
+
+    def run_start(self, *, config: Mapping[str, Any] | None = None, role: str | None = None,
+                  software: str | None = None, policy: str | None = None,
+                  epsilon_budget: float | None = None, delta_budget: float | None = None) -> Entry:
+        """Begin a run; the entry also records this party's public key and its fingerprint."""
+        self._rounds = 0
+        return self.append("run_start", dict(
+            config=dict(config or {}), role=role, software=software, policy=policy,
+            epsilon_budget=epsilon_budget, delta_budget=delta_budget))
+
+    def run_end(self, *, status: str = "completed", rounds_completed: int | None = None,
+                message: str | None = None) -> Entry:
+        rounds = self._rounds if rounds_completed is None else rounds_completed
+        return self.append("run_end", dict(status=status, rounds_completed=rounds, message=message))
+
+    def round_start(self, round: int, *, method: str | None = None,
+                    participants: Iterable[str] = ()) -> Entry:
+        self._rounds += 1
+        return self.append("round_start", dict(round=round, method=method, participants=list(participants)))
+
+    def tensor_sent(self, *, round: int, peer: str, name: str, data: Any, masked: bool,
+                    shape: Iterable[int] | None = None, dtype: str | None = None) -> Entry:
+        """Log one tensor about to be sent; `data` is the exact bytes that go on the wire."""
+        return self.append("tensor_sent", tensor_body(round=round, peer=peer, name=name, data=data,
+                                                      masked=masked, shape=shape, dtype=dtype))
+
+    def tensor_received(self, *, round: int, peer: str, name: str, data: Any, masked: bool,
+                        shape: Iterable[int] | None = None, dtype: str | None = None) -> Entry:
+        return self.append("tensor_received", tensor_body(round=round, peer=peer, name=name, data=data,
+                                                          masked=masked, shape=shape, dtype=dtype))
+
+    def tensors_sent(self, *, round: int, peer: str, tensors: Mapping[str, Any] | Iterable[tuple[str, Any]],
+                     masked: bool) -> list[Entry]:
+        """Log many tensors with one fsync. `tensors`: name -> bytes-like (numpy arrays keep their shape)."""
+        return self._tensors("tensor_sent", round, peer, tensors, masked)
+
+    def tensors_received(self, *, round: int, peer: str, tensors: Mapping[str, Any] | Iterable[tuple[str, Any]],
+                         masked: bool) -> list[Entry]:
+        return self._tensors("tensor_received", round, peer, tensors, masked)
+
+    def _tensors(self, kind: str, round: int, peer: str, tensors: Any, masked: bool) -> list[Entry]:
+        items = tensors.items() if isinstance(tensors, Mapping) else tensors
+        return self.append_many([(kind, tensor_body(round=round, peer=peer, name=n, data=d, masked=masked))
+                                 for n, d in items])
+
+    def privacy_budget(self, *, round: int, epsilon_round: float, epsilon_total: float, delta: float,
+                       accountant: str) -> Entry:
+        return self.append("privacy_budget", dict(round=round, epsilon_round=epsilon_round,
+                                                  epsilon_total=epsilon_total, delta=delta, accountant=accountant))
+
+    def policy_decision(self, *, accepted: bool, round: int | None = None, violations: Iterable[str] = (),
+                        stage: str | None = None, policy: str | None = None,
+                        epsilon_budget: float | None = None) -> Entry:
+        return self.append("policy_decision", dict(round=round, accepted=accepted, violations=list(violations),
+                                                   stage=stage, policy=policy, epsilon_budget=epsilon_budget))
+
+    def refusal(self, *, reason: str, round: int | None = None, violations: Iterable[str] = (),
+                peer: str | None = None) -> Entry:
+        return self.append("refusal", dict(round=round, reason=reason, violations=list(violations), peer=peer))
+
+    def error(self, *, error_type: str, message: str, round: int | None = None) -> Entry:
+        return self.append("error", dict(round=round, error_type=error_type, message=message))
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Release the file and its lock. Does not write run_end: a run left open reads as interrupted."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if self.run_open and self._fd is not None and not self._broken:
+                if exc is not None:
+                    self.error(error_type=exc_type.__name__, message=str(exc)[:2000])
+                self.run_end(status="completed" if exc is None else "failed")
+        finally:
+            self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse
+        pass
+    finally:
+        os.close(fd)
+
+
+def open_party_log(log_dir: str | os.PathLike, party: str, *, key_path: str | os.PathLike | None = None,
+                   recover: bool = False) -> AuditLog:
+    """Open `log_dir/<party>.jsonl` for appending, with the party's key made on first use.
+
+    The private key goes to `key_path` (default `log_dir/<party>.key`, mode 0600: fine for a
+    simulation; in a deployment keep it away from the published log, e.g. under the site's
+    secrets directory). The public key is written to `log_dir/<party>.pub`, where
+    `fedmed audit verify` looks for it."""
+    if not is_valid_party(party):
+        raise InvalidPartyError(f"party {party!r}: use letters, digits, '.', '_', '-' (at most 64)")
+    log_dir = Path(log_dir)
+    key = PartyKey.load_or_create(key_path if key_path is not None else log_dir / f"{party}.key")
+    pub = log_dir / f"{party}.pub"
+    if pub.exists():
+        if public_raw(load_public_key(pub)) != key.public_bytes:
+            raise KeyMismatchError(f"{pub} is not the public half of {key.path}")
+    else:
+        key.export_public(pub)
+    return AuditLog.open(log_dir / f"{party}.jsonl", key, party=party, recover=recover)
+
+
+__all__ = ["AuditLog", "open_party_log", "tensor_body", "tensor_digest"]
