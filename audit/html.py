@@ -21,7 +21,7 @@ h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;bord
 .cards{display:flex;flex-wrap:wrap;gap:.6rem}.card{border:1px solid #d5dbe3;border-radius:6px;padding:.5rem .9rem;min-width:8.5rem}
 .card b{display:block;font-size:1.25rem}.card span{color:#5a6878;font-size:.85rem}
 table{border-collapse:collapse;width:100%;font-size:.85rem;margin:.5rem 0}th,td{border-bottom:1px solid #e4e8ee;padding:.3rem .5rem;text-align:left}
-th{background:#f3f5f8}td.n{text-align:right;font-variant-numeric:tabular-nums}.mono{font-family:"DejaVu Sans Mono",monospace;font-size:.8rem}
+th{background:#f3f5f8}td.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}.mono{font-family:"DejaVu Sans Mono",monospace;font-size:.8rem}
 .plots{display:flex;flex-wrap:wrap;gap:1rem}.plot{flex:1 1 480px}.plot svg{width:100%;height:auto}
 .no{color:#b3261e;font-weight:600}dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{color:#5a6878}
 """
@@ -53,11 +53,15 @@ def _plots(s: AuditSummary) -> str:
         fig = Figure(figsize=(5.6, 3.0))
         ax = fig.add_subplot()
         w = 0.4
-        ax.bar([i - w / 2 for i in x], [r.bytes_sent / 2**20 for r in s.rounds], w, label="sent", color="#2f6db5")
-        ax.bar([i + w / 2 for i in x], [r.bytes_received / 2**20 for r in s.rounds], w, label="received", color="#9cb8dc")
-        ax.set(xlabel="round", ylabel="MiB", title="Bytes per round")
+        peak = max([r.bytes_sent for r in s.rounds] + [r.bytes_received for r in s.rounds] + [1])
+        unit, scale = next((u, f) for u, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1)) if peak >= f)
+        ax.bar([i - w / 2 for i in x], [r.bytes_sent / scale for r in s.rounds], w, label="sent", color="#2f6db5")
+        ax.bar([i + w / 2 for i in x], [r.bytes_received / scale for r in s.rounds], w, label="received", color="#9cb8dc")
+        ax.set(xlabel="round", ylabel=unit)
+        ax.set_title("Bytes per round", pad=24)
         ax.set_xticks(x, labels)
-        ax.legend(frameon=False)
+        ax.margins(y=0.15)
+        ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncols=2)
         ax.spines[["top", "right"]].set_visible(False)
         out.append(f'<div class="plot">{_svg(fig)}</div>')
 
@@ -69,10 +73,11 @@ def _plots(s: AuditSummary) -> str:
             ax.plot([i for i, _ in eps], [r.epsilon_total for _, r in eps], "o-", color="#2e7d32", label="ε cumulative")
             if s.epsilon_budget is not None:
                 ax.axhline(s.epsilon_budget, color="#c62828", ls="--", label=f"budget ε = {s.epsilon_budget:g}")
-            ax.set(xlabel="round", ylabel="ε", title="Privacy budget spent")
+            ax.set(xlabel="round", ylabel="ε")
+            ax.set_title("Privacy budget spent", pad=24)
             ax.set_xticks(x, labels)
             ax.set_ylim(bottom=0)
-            ax.legend(frameon=False)
+            ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncols=3)
             ax.spines[["top", "right"]].set_visible(False)
             out.append(f'<div class="plot">{_svg(fig)}</div>')
         else:
@@ -149,7 +154,7 @@ def render_html(s: AuditSummary) -> str:
     parts.append(_table(["seq", "run", "round", "dir", "peer", "name", "shape", "dtype", "bytes", "masked", "sha256"],
                         [[str(x.seq), str(x.run), str(x.round), x.direction, escape(x.peer), f"<span class='mono'>{escape(x.name)}</span>",
                           escape("×".join(map(str, x.shape)) or "scalar"), escape(x.dtype), str(x.nbytes),
-                          "yes" if x.masked else "<span class='no'>no</span>",
+                          "yes" if x.masked else ("<span class='no'>no</span>" if x.direction == "sent" else "no"),
                           f"<span class='mono' title='{x.sha256}'>{x.sha256[:16]}…</span>"] for x in s.tensors],
                         numeric={0, 8}))
     title = f"fedmed audit: {s.party or v.path}"

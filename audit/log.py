@@ -297,8 +297,12 @@ class AuditLog:
             self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -16,7 +16,14 @@ def _root() -> None:
 
 
 # Command groups register themselves below (one module each under fedmed/cli/).
+from fedmed.cli import methods as _methods  # noqa: E402
+from fedmed.cli import train as _train  # noqa: E402
+
+app.command("methods")(_methods.methods)
+app.command("train")(_train.train)
 from fedmed.cli.policy import app as policy_app  # noqa: E402
 
 app.add_typer(policy_app, name="policy")
-from fedmed.cli.audit import app as audit_app; app.add_typer(audit_app, name="audit")  # noqa: E402, E702
+from fedmed.cli.audit import app as audit_app  # noqa: E402
+
+app.add_typer(audit_app, name="audit")
