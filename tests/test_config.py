@@ -1,0 +1,198 @@
+"""fedmed.config: federation.toml validated whole, one error listing every problem; the round request it makes."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fedmed.config import ConfigError, FederationConfig, load_federation_config
+from policies import check_round, load_policy, pem_fingerprint
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "federation.toml"
+MINIMAL = '[federation]\nmethod = "samed"\nrounds = 2\n'
+NAMES = ["image_encoder.blocks.0.adapter.attn.down.weight", "mask_decoder.iou_token.weight"]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "federation.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_federation_config(write(tmp_path, text))
+    return info.value.problems
+
+
+def test_the_example_loads():
+    config = load_federation_config(EXAMPLE)
+    assert config.federation.method == "fedmsa" and config.federation.min_clients == 3
+    assert config.model.arch == "tiny"
+    assert config.secure_aggregation.enabled and config.secure_aggregation.threshold == 2
+    assert config.privacy.mode == "sample" and config.privacy.epsilon == 8.0
+
+
+def test_defaults(tmp_path):
+    config = load_federation_config(write(tmp_path, MINIMAL))
+    assert config.federation.name == "fedmed" and config.federation.min_clients == 3
+    assert config.model.arch == "tiny" and config.model.adapter_ratio == 0.25 and config.model.checkpoint is None
+    assert config.secure_aggregation.enabled is True and config.secure_aggregation.graph == "complete"
+    assert config.privacy.mode == "none" and config.privacy.delta is None
+    assert config.server.tls is True and config.server.address == "127.0.0.1:9092"
+
+
+def test_every_problem_is_listed_with_its_field(tmp_path):
+    found = problems(tmp_path, """
+        [federation]
+        method = "fedavg"
+        rounds = 0
+        fraction_fit = 1.5
+        [model]
+        arch = "vit_s"
+        image_size = 250
+        adapter_ratio = 0
+        [secure_aggregation]
+        graph = "ring"
+        [privacy]
+        mode = "sample"
+        delta = 2.0
+        [server]
+        tsl = false
+    """)  # fmt: skip
+    fields = [p.split(":")[0] for p in found]
+    assert fields == [
+        "federation.method",
+        "federation.rounds",
+        "federation.fraction_fit",
+        "model.arch",
+        "model.image_size",
+        "model.adapter_ratio",
+        "secure_aggregation.graph",
+        "privacy.delta",
+        "server.tsl",
+    ]
+    assert "(got 'fedavg')" in found[0] and "unknown field" in found[-1]
+
+
+def test_the_error_names_the_file(tmp_path):
+    path = write(tmp_path, '[federation]\nmethod = "samed"\n')
+    with pytest.raises(ConfigError) as info:
+        load_federation_config(path)
+    assert str(info.value) == f"{path}: 1 problem:\n  - federation.rounds: required field is missing"
+    assert info.value.path == str(path)
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    [problem] = problems(tmp_path, "[federation\n")
+    assert problem.startswith("not valid TOML") and "line 1" in problem
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_federation_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("privacy", "message"),
+    [
+        ('mode = "sample"', "privacy: mode 'sample' needs exactly one of epsilon or noise_multiplier"),
+        ('mode = "client"\nepsilon = 4.0\nnoise_multiplier = 1.0', "needs exactly one of epsilon or noise_multiplier"),
+        ("epsilon = 4.0", "privacy: epsilon set but mode is 'none'"),
+    ],
+)
+def test_privacy_settings_must_agree(tmp_path, privacy, message):
+    found = problems(tmp_path, MINIMAL + "[privacy]\n" + privacy + "\n")
+    assert len(found) == 1 and message in found[0]
+
+
+def test_privacy_with_noise_multiplier_is_fine(tmp_path):
+    config = load_federation_config(write(tmp_path, MINIMAL + '[privacy]\nmode = "sample"\nnoise_multiplier = 1.1\n'))
+    assert config.privacy.noise_multiplier == 1.1 and config.privacy.epsilon is None
+
+
+def test_threshold_must_fit_the_smallest_round(tmp_path):
+    [problem] = problems(tmp_path, MINIMAL + "[secure_aggregation]\nthreshold = 4\n")
+    assert "secure_aggregation.threshold (4) exceeds federation.min_clients (3)" in problem
+    [problem] = problems(tmp_path, MINIMAL.replace("rounds = 2", "rounds = 2\nmin_clients = 1"))
+    assert "secure_aggregation needs federation.min_clients >= 2" in problem
+    plain = MINIMAL.replace("rounds = 2", "rounds = 2\nmin_clients = 1") + "[secure_aggregation]\nenabled = false\n"
+    assert load_federation_config(write(tmp_path, plain)).federation.min_clients == 1
+
+
+def test_default_threshold_is_two_thirds(tmp_path):
+    config = load_federation_config(write(tmp_path, MINIMAL))
+    assert [config.threshold_for(n) for n in (2, 3, 4, 10)] == [2, 2, 3, 7]
+    explicit = load_federation_config(write(tmp_path, MINIMAL + "[secure_aggregation]\nthreshold = 3\n"))
+    assert explicit.threshold_for(10) == 3
+
+
+def test_paths_are_relative_to_the_config_and_must_exist(tmp_path):
+    (tmp_path / "ckpt.pth").write_bytes(b"")
+    config = load_federation_config(write(tmp_path, MINIMAL + '[model]\ncheckpoint = "ckpt.pth"\n'))
+    assert config.model.checkpoint == tmp_path / "ckpt.pth"
+    [problem] = problems(tmp_path, MINIMAL + '[model]\ncheckpoint = "missing.pth"\n[server]\ntls = true\n')
+    assert problem.startswith("model.checkpoint:") and str(tmp_path / "missing.pth") in problem
+
+
+def test_round_request_from_the_example():
+    config = load_federation_config(EXAMPLE)
+    request = config.round_request(NAMES, round=4, expected_bytes=1000)
+    assert request.round == 4 and request.method == "fedmsa" and request.tensor_names == tuple(NAMES)
+    assert request.secure_aggregation.model_dump() == {"enabled": True, "threshold": 2, "num_clients": 3}
+    assert request.dp.model_dump() == {
+        "mode": "sample", "epsilon_target": 8.0, "delta": 1e-5, "noise_multiplier": None, "max_grad_norm": 1.0,
+    }  # fmt: skip
+    assert request.server.model_dump() == {"address": "127.0.0.1:9092", "certificate_sha256": None, "tls": True}
+    assert request.local_samples is None and request.expected_bytes == 1000
+    assert check_round(load_policy("strict"), request) == []
+
+
+def test_round_request_for_a_larger_round_and_a_simulation():
+    config = load_federation_config(EXAMPLE)
+    request = config.round_request(NAMES, num_clients=9, local_samples=40, simulation=True)
+    assert request.secure_aggregation.num_clients == 9 and request.secure_aggregation.threshold == 2
+    assert request.server.tls is None and request.local_samples == 40
+
+
+def test_round_request_without_secure_aggregation_or_dp(tmp_path):
+    config = load_federation_config(write(tmp_path, MINIMAL + "[secure_aggregation]\nenabled = false\n"))
+    request = config.round_request(NAMES)
+    assert request.secure_aggregation.enabled is False and request.secure_aggregation.threshold is None
+    assert request.dp.mode == "none" and request.dp.max_grad_norm is None
+    rules = [v.rule for v in check_round(load_policy("strict"), request)]
+    assert rules == ["secure_aggregation.required", "privacy.required"]
+
+
+def test_round_request_pins_the_server_certificate(tmp_path):
+    pem = _self_signed_pem()
+    (tmp_path / "server.pem").write_bytes(pem)
+    config = load_federation_config(write(tmp_path, MINIMAL + '[server]\ncertificate = "server.pem"\n'))
+    assert config.round_request(NAMES).server.certificate_sha256 == pem_fingerprint(pem)
+    (tmp_path / "server.pem").write_text("garbage")
+    with pytest.raises(ConfigError, match="server.certificate: no '-----BEGIN CERTIFICATE-----' block"):
+        config.round_request(NAMES)
+
+
+def _self_signed_pem() -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "fl.example.org")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_configs_are_immutable():
+    config = load_federation_config(EXAMPLE)
+    with pytest.raises(Exception, match="frozen"):
+        config.federation.rounds = 100  # type: ignore[misc]
+    assert isinstance(config, FederationConfig)
