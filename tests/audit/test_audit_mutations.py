@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_site_log
+from audit_logs import write_site_log
 
 from audit import PartyKey, canonical_json, verify
 from audit.entries import SIG_DOMAIN, entry_hash
