@@ -29,8 +29,7 @@ def validation_problems(exc: ValidationError) -> list[str]:
     """One line per error in `exc`: `field.path: message (got VALUE)`."""
     lines = []
     for err in exc.errors(include_url=False):
-        # Pydantic appends the failing union member or validator name to `loc`; keep only real fields.
-        loc = [p for p in err["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "literal["))]
+        loc = err["loc"]
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field (not part of the schema; check the spelling)"
