@@ -20,7 +20,8 @@ def scale_to_255(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     arr = np.asarray(arr, dtype=np.float32)
     if not hi > lo:
         return np.zeros_like(arr)
-    return (np.clip(arr, lo, hi) - lo) * np.float32(255.0 / (hi - lo))
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    return (np.clip(arr, lo32, hi32) - lo32) / (hi32 - lo32) * np.float32(255.0)
 
 
 def ct_window(arr: np.ndarray, window: tuple[float, float] = CT_WINDOW) -> np.ndarray:

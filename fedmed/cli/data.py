@@ -1,0 +1,78 @@
+"""`fedmed data`: check a dataset before training on it; preview a federation's images and masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from fedmed.data import DataError, load_sites, scan_data
+
+app = typer.Typer(help="Segmentation data: check a dataset folder; preview images and masks.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for machines")]
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+@app.command("check")
+def check(
+    path: Annotated[Path, typer.Argument(help="a dataset folder, or a folder with one dataset folder per site")],
+    as_json: JsonOpt = False,
+    channel: Annotated[int, typer.Option(help="the image channel of NIfTI datasets")] = 0,
+) -> None:
+    """List every problem of a dataset at once (exit 1 if there is any, 0 if it is ready to train on)."""
+    scan = scan_data(path, channel=channel)
+    if as_json:
+        typer.echo(json.dumps({
+            "path": str(path),
+            "ok": not scan.problems,
+            "sites": [{"name": s.name, "layout": s.layout, "cases": s.num_cases, "classes": s.class_names,
+                       "notes": s.index.notes} for s in scan.sites],
+            "problems": [{"path": str(p.path), "problem": p.problem} for p in scan.problems],
+        }, indent=2))
+        raise typer.Exit(1 if scan.problems else 0)
+    out = _out()
+    if scan.sites:
+        table = Table("site", "layout", "cases", "classes", "notes", title=f"datasets in {path}")
+        for s in scan.sites:
+            table.add_row(Text(s.name), s.layout, str(s.num_cases), Text(", ".join(s.class_names) or "-"),
+                          Text("\n".join(s.index.notes) or "-"))
+        out.print(table)
+    if not scan.problems:
+        out.print(Text("ok: no problems found", style="green"))
+        raise typer.Exit(0)
+    table = Table("file", "problem", title=f"{len(scan.problems)} problem(s)", title_style="bold red")
+    for p in scan.problems:
+        table.add_row(Text(str(p.path)), Text(p.problem))
+    out.print(table)
+    raise typer.Exit(1)
+
+
+@app.command("preview")
+def preview(
+    data: Annotated[str, typer.Argument(help="'synthetic', a dataset folder or a folder of site folders")],
+    out: Annotated[Path, typer.Option("--out", help="the PNG to write")] = Path("preview.png"),
+    per_site: Annotated[int, typer.Option(help="pictures per site")] = 4,
+    image_size: Annotated[int, typer.Option(help="side in px")] = 128,
+    num_sites: Annotated[int, typer.Option(help="sites of the synthetic federation")] = 3,
+    num_classes: Annotated[Optional[int], typer.Option(help="classes of the synthetic data (2-4)")] = None,
+    seed: int = 0,
+) -> None:
+    """Write a PNG: per site, a few images and the same with their masks on top."""
+    from fedmed.data.preview import save_preview
+
+    options = {"num_classes": num_classes} if num_classes is not None and data == "synthetic" else {}
+    try:
+        sites = load_sites(data, image_size=image_size, seed=seed, num_sites=num_sites, **options)
+    except (DataError, ValueError) as exc:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(Text(f"error: {exc}", style="red"))
+        raise typer.Exit(1) from None
+    _out().print(f"wrote {save_preview(sites, out, per_site)}")
