@@ -134,6 +134,14 @@ def _dp_mode(policy: Policy, mode: str, field: str) -> list[Violation]:
     return []
 
 
+def _epsilon(policy: Policy, epsilon: float | None, field: str, what: str) -> list[Violation]:
+    cap = policy.privacy.max_epsilon
+    if cap is None or epsilon is None or epsilon <= cap:
+        return []
+    return [Violation(rule="privacy.max_epsilon", field=field,
+                      message=f"{what} {epsilon:.3g} exceeds this site's cap {cap:g}")]  # fmt: skip
+
+
 def _delta(policy: Policy, delta: float | None, field: str) -> list[Violation]:
     cap = policy.privacy.max_delta
     if cap is None or delta is None or delta <= cap:
@@ -174,20 +182,14 @@ def check_round(policy: Policy, request: RoundRequest, *, epsilon_projected: flo
 
     dp, privacy = request.dp, policy.privacy
     out += _dp_mode(policy, dp.mode, "dp.mode")
-    if dp.enabled and privacy.max_epsilon is not None:
+    if dp.enabled:
+        out += _epsilon(policy, dp.epsilon_target, "dp.epsilon_target", "the epsilon target")
+        out += _epsilon(policy, epsilon_projected, "epsilon_projected", "the cumulative epsilon after this round")
         cap = privacy.max_epsilon
-        if dp.epsilon_target is not None and dp.epsilon_target > cap:
-            out.append(Violation(rule="privacy.max_epsilon", field="dp.epsilon_target",
-                                 message=f"epsilon target {dp.epsilon_target:g} exceeds this site's cap {cap:g}"))
-        if epsilon_projected is not None and epsilon_projected > cap:
-            out.append(Violation(rule="privacy.max_epsilon", field="epsilon_projected",
-                                 message=f"this round would bring the site's cumulative epsilon to "
-                                         f"{epsilon_projected:.3g}, past its cap {cap:g}"))  # fmt: skip
-        if privacy.required and dp.epsilon_target is None and epsilon_projected is None:
+        if privacy.required and cap is not None and dp.epsilon_target is None and epsilon_projected is None:
             out.append(Violation(rule="privacy.max_epsilon", field="dp.epsilon_target",
                                  message=f"no epsilon target is set, so the cap {cap:g} cannot be checked "
                                          "before the round; set an epsilon target"))  # fmt: skip
-    if dp.enabled:
         out += _delta(policy, dp.delta, "dp.delta")
 
     out += _bytes_cap(policy, request.expected_bytes, "expected_bytes")
@@ -224,16 +226,11 @@ def check_payload(policy: Policy, payload: PayloadSummary, *, request: RoundRequ
     privacy = policy.privacy
     out += _dp_mode(policy, payload.dp_mode, "dp_mode")
     if payload.dp_mode != "none":
-        if privacy.max_epsilon is not None:
-            if payload.epsilon_after is None:
-                if privacy.required:
-                    out.append(Violation(rule="privacy.max_epsilon", field="epsilon_after",
-                                         message="the update carries no epsilon accounting; this site caps "
-                                                 f"cumulative epsilon at {privacy.max_epsilon:g}"))  # fmt: skip
-            elif payload.epsilon_after > privacy.max_epsilon:
-                out.append(Violation(rule="privacy.max_epsilon", field="epsilon_after",
-                                     message=f"cumulative epsilon would reach {payload.epsilon_after:.3g}, "
-                                             f"past this site's cap {privacy.max_epsilon:g}"))  # fmt: skip
+        out += _epsilon(policy, payload.epsilon_after, "epsilon_after", "the cumulative epsilon after this round")
+        if privacy.required and privacy.max_epsilon is not None and payload.epsilon_after is None:
+            out.append(Violation(rule="privacy.max_epsilon", field="epsilon_after",
+                                 message="the update carries no epsilon accounting; this site caps "
+                                         f"cumulative epsilon at {privacy.max_epsilon:g}"))  # fmt: skip
         out += _delta(policy, payload.delta, "delta")
         if privacy.required and privacy.max_delta is not None and payload.delta is None:
             out.append(Violation(rule="privacy.max_delta", field="delta",
