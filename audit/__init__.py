@@ -19,6 +19,9 @@ from audit.errors import (
 )
 from audit.keys import PartyKey, fingerprint, load_public_key
 from audit.log import AuditLog, open_party_log, tensor_body, tensor_digest
+from audit.html import render_html, write_html
+from audit.reconcile import Mismatch, ReconcileReport, reconcile
+from audit.report import AuditSummary, summarize
 from audit.verify import BadEntry, TornTail, VerifyReport, verify
 
 __all__ = [
@@ -27,5 +30,6 @@ __all__ = [
     "KeyMismatchError", "LogCorruptError", "LogLockedError", "LogStateError", "TornTailError",
     "PartyKey", "fingerprint", "load_public_key",
     "AuditLog", "open_party_log", "tensor_body", "tensor_digest",
+    "render_html", "write_html", "Mismatch", "ReconcileReport", "reconcile", "AuditSummary", "summarize",
     "BadEntry", "TornTail", "VerifyReport", "verify",
 ]

@@ -22,6 +22,7 @@ h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;bord
 .card b{display:block;font-size:1.25rem}.card span{color:#5a6878;font-size:.85rem}
 table{border-collapse:collapse;width:100%;font-size:.85rem;margin:.5rem 0}th,td{border-bottom:1px solid #e4e8ee;padding:.3rem .5rem;text-align:left}
 th{background:#f3f5f8}td.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}.mono{font-family:"DejaVu Sans Mono",monospace;font-size:.8rem}
+h3{font-size:1rem;margin:.5rem 0 0;text-align:center}.scroll{overflow-x:auto}.mono{word-break:break-all}
 .plots{display:flex;flex-wrap:wrap;gap:1rem}.plot{flex:1 1 480px}.plot svg{width:100%;height:auto}
 .no{color:#b3261e;font-weight:600}dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{color:#5a6878}
 """
@@ -58,12 +59,11 @@ def _plots(s: AuditSummary) -> str:
         ax.bar([i - w / 2 for i in x], [r.bytes_sent / scale for r in s.rounds], w, label="sent", color="#2f6db5")
         ax.bar([i + w / 2 for i in x], [r.bytes_received / scale for r in s.rounds], w, label="received", color="#9cb8dc")
         ax.set(xlabel="round", ylabel=unit)
-        ax.set_title("Bytes per round", pad=24)
         ax.set_xticks(x, labels)
         ax.margins(y=0.15)
-        ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncols=2)
+        ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)
         ax.spines[["top", "right"]].set_visible(False)
-        out.append(f'<div class="plot">{_svg(fig)}</div>')
+        out.append(f'<div class="plot"><h3>Bytes per round</h3>{_svg(fig)}</div>')
 
         eps = [(i, r) for i, r in zip(x, s.rounds) if r.epsilon_total is not None]
         if eps:
@@ -74,14 +74,13 @@ def _plots(s: AuditSummary) -> str:
             if s.epsilon_budget is not None:
                 ax.axhline(s.epsilon_budget, color="#c62828", ls="--", label=f"budget ε = {s.epsilon_budget:g}")
             ax.set(xlabel="round", ylabel="ε")
-            ax.set_title("Privacy budget spent", pad=24)
             ax.set_xticks(x, labels)
             ax.set_ylim(bottom=0)
-            ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncols=3)
+            ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=3)
             ax.spines[["top", "right"]].set_visible(False)
-            out.append(f'<div class="plot">{_svg(fig)}</div>')
+            out.append(f'<div class="plot"><h3>Privacy budget spent (ε)</h3>{_svg(fig)}</div>')
         else:
-            out.append('<div class="plot"><p>No privacy_budget entries: this party logged no DP accounting.</p></div>')
+            out.append('<div class="plot"><h3>Privacy budget spent (ε)</h3><p>No privacy_budget entries: this party logged no DP accounting.</p></div>')
     return '<div class="plots">' + "".join(out) + "</div>"
 
 
@@ -91,7 +90,7 @@ def _table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset
         "<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
         for r in rows
     )
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _f(v: float | None) -> str:

@@ -130,8 +130,9 @@ class AuditLog:
     def _resume(cls, path: Path, key: PartyKey, party: str, fd: int, recover: bool) -> AuditLog:
         rep = verify(path, key.public_key, allow_open=True)
         if rep.first_bad is not None:
-            err = KeyMismatchError if rep.first_bad.code == "key_mismatch" else LogCorruptError
-            raise err(f"{path}: refusing to append: {rep.summary()}", rep)  # type: ignore[call-arg]
+            if rep.first_bad.code == "key_mismatch":
+                raise KeyMismatchError(f"{path}: refusing to append: {rep.first_bad.reason}")
+            raise LogCorruptError(f"{path}: refusing to append: {rep.summary()}", rep)
         if rep.party != party:
             raise InvalidPartyError(f"{path}: the log is party {rep.party!r}'s, not {party!r}")
         log = cls(path, key, party, fd, log_id=rep.log_id or "", seq=rep.entries,
@@ -184,15 +185,17 @@ class AuditLog:
                 run_open, problem = run_transition(kind, run_open, first=seq == 0)
                 if problem:
                     raise LogStateError(f"{self.path}: {problem}")
-                env = dict(v=SCHEMA_VERSION, log_id=self.log_id, seq=seq, time=_now(),
-                           party=self.party, kind=kind, body=norm, prev_hash=prev)
-                try:
-                    digest = hashlib.sha256(canonical_json(env)).digest()
+                head = dict(body=norm, kind=kind, log_id=self.log_id, party=self.party, prev_hash=prev, seq=seq)
+                try:  # the keys sorting before "sig"; "sig", "time" and "v" close the line
+                    head_json = canonical_json(head)[:-1]
                 except (TypeError, ValueError) as e:
                     raise InvalidEntryError(f"{kind}: body is not plain JSON ({e})") from None
-                env["sig"] = self.key.sign(SIG_DOMAIN + digest).hex()
-                lines.append(canonical_json(env) + b"\n")
-                entry = Entry.model_construct(**env)
+                now = _now()
+                tail = b',"time":"%s","v":%d}' % (now.encode(), SCHEMA_VERSION)
+                digest = hashlib.sha256(head_json + tail).digest()
+                sig = self.key.sign(SIG_DOMAIN + digest).hex()
+                lines.append(head_json + b',"sig":"' + sig.encode() + b'"' + tail + b"\n")
+                entry = Entry.model_construct(**head, sig=sig, time=now, v=SCHEMA_VERSION)
                 entry._hash = prev = digest.hex()
                 entries.append(entry)
                 seq += 1

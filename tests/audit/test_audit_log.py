@@ -23,6 +23,7 @@ from audit import (
     LogStateError,
     PartyKey,
     TornTailError,
+    canonical_json,
     open_party_log,
     tensor_body,
     verify,
@@ -40,6 +41,7 @@ def test_party_log_files_keys_and_chain(site_log: Path) -> None:
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert (d / "site-1.pub").read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
     entries = lines(site_log)
+    assert site_log.read_bytes() == b"".join(canonical_json(e) + b"\n" for e in entries)
     assert [e["seq"] for e in entries] == list(range(len(entries)))
     assert entries[0]["kind"] == "run_start" and entries[-1]["kind"] == "run_end"
     assert entries[0]["prev_hash"] == GENESIS_HASH

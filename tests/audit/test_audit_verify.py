@@ -75,3 +75,11 @@ def test_report_json_leaves_out_the_entries(site_log: Path) -> None:
     rep = verify(site_log)
     dumped = rep.model_dump()
     assert "verified" not in dumped and dumped["entries"] == len(rep.verified)
+
+
+def test_audit_is_pure() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, audit, audit.report, audit.reconcile, audit.html; print(sorted({'torch', 'flwr', 'numpy', 'matplotlib'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
