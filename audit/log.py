@@ -16,6 +16,7 @@ unless `recover=True`, which moves the torn bytes to `<log>.torn-<offset>` and r
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -54,10 +55,11 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
 Body = BaseModel | Mapping[str, Any]
+_TENSOR_KINDS = ("tensor_sent", "tensor_received")
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"  # ...T12:00:00.000000Z
 
 
 def tensor_digest(data: Any) -> tuple[int, str]:
@@ -71,18 +73,32 @@ def tensor_digest(data: Any) -> tuple[int, str]:
     return view.nbytes, hashlib.sha256(view).hexdigest()
 
 
+class _Normal(dict):
+    """A body already checked and in normal form (the tensor fast path skips pydantic)."""
+
+
 def tensor_body(*, round: int, peer: str, name: str, data: Any, masked: bool,
                 shape: Iterable[int] | None = None, dtype: str | None = None) -> dict[str, Any]:
     """Body of a tensor_sent/tensor_received entry for `data`, the exact bytes on the wire.
 
     `shape` and `dtype` default to `data.shape`/`data.dtype` (numpy arrays), else to the bytes."""
     nbytes, digest = tensor_digest(data)
-    if shape is None:
-        shape = getattr(data, "shape", (nbytes,))
+    try:
+        round = operator.index(round)
+        shape = [operator.index(d) for d in (getattr(data, "shape", (nbytes,)) if shape is None else shape)]
+    except TypeError as e:
+        raise InvalidEntryError(f"tensor {name!r}: round and shape must be integers ({e})") from None
     if dtype is None:
         dtype = str(getattr(data, "dtype", "uint8"))
-    return dict(round=round, peer=peer, name=name, shape=[int(d) for d in shape], dtype=str(dtype),
-                nbytes=nbytes, sha256=digest, masked=masked)
+    problems = [what for what, bad in (
+        ("round must be >= 0", round < 0), ("dimensions must be >= 0", any(d < 0 for d in shape)),
+        ("peer must be a string", not isinstance(peer, str)), ("name must be a string", not isinstance(name, str)),
+        ("masked must be a bool", not isinstance(masked, bool)), ("dtype must be a string", not isinstance(dtype, str)),
+    ) if bad]
+    if problems:
+        raise InvalidEntryError(f"tensor {name!r}: " + "; ".join(problems))
+    return _Normal(round=round, peer=peer, name=name, shape=shape, dtype=dtype, nbytes=nbytes,
+                   sha256=digest, masked=masked)
 
 
 class AuditLog:
@@ -181,7 +197,7 @@ class AuditLog:
                 if kind == "run_start":  # always declare the key this log is signed with
                     body = body.model_dump() if isinstance(body, BaseModel) else dict(body)
                     body.update(public_key=self.key.public_bytes.hex(), key_fingerprint=self.key.fingerprint)
-                norm = normalize_body(kind, body)
+                norm = body if type(body) is _Normal and kind in _TENSOR_KINDS else normalize_body(kind, body)
                 run_open, problem = run_transition(kind, run_open, first=seq == 0)
                 if problem:
                     raise LogStateError(f"{self.path}: {problem}")

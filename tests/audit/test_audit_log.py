@@ -216,3 +216,14 @@ def test_private_key_can_live_away_from_the_log(tmp_path: Path) -> None:
     log.close()
     assert sorted(x.name for x in (tmp_path / "published").iterdir()) == ["site-1.jsonl", "site-1.pub"]
     assert verify(tmp_path / "published" / "site-1.jsonl").trust_anchor == "sidecar"
+
+
+def test_tensor_fast_path_checks_like_the_schema(tmp_path: Path) -> None:
+    from audit.entries import TensorRecord
+
+    body = tensor_body(round=np.int64(3), peer="server", name="w", data=np.zeros((2, 3), np.float16), masked=True)
+    assert TensorRecord.model_validate(body).model_dump(mode="json") == body
+    for bad in (dict(round=-1), dict(peer=None), dict(masked=1), dict(round=1.5), dict(shape=(2, -3))):
+        args = dict(round=1, peer="server", name="w", data=b"abcdef", masked=True) | bad
+        with pytest.raises(InvalidEntryError):
+            tensor_body(**args)
