@@ -374,11 +374,11 @@ class ClientSession:
     def _on_unmask(self, msg: UnmaskRequest) -> UnmaskResponse:
         st, me = self._state, self._state.client_id
         survivors, dropped = set(msg.survivors), set(msg.dropped)
-        both = sorted(survivors & dropped)
+        both = sorted(dropped & (survivors | set(st.signed_survivors)))
         if both:
             raise DoubleRevealError(
-                f"asked for both the self-mask share and the key share of client {both[0]}: together they "
-                "would unmask its input; refusing", client=both[0])
+                f"asked for the key share of client {both[0]}, which is a survivor (its self-mask share is "
+                "revealed): both shares together would unmask its input; refusing", client=both[0])
         if len(dropped) != len(msg.dropped):
             raise MalformedMessageError("dropped clients are listed twice")
         if sorted(msg.survivors) != st.signed_survivors:
