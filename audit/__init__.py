@@ -17,9 +17,9 @@ from audit.errors import (
     LogStateError,
     TornTailError,
 )
+from audit.html import render_html, write_html
 from audit.keys import PartyKey, fingerprint, load_public_key
 from audit.log import AuditLog, open_party_log, tensor_body, tensor_digest
-from audit.html import render_html, write_html
 from audit.reconcile import Mismatch, ReconcileReport, reconcile
 from audit.report import AuditSummary, summarize
 from audit.verify import BadEntry, TornTail, VerifyReport, verify

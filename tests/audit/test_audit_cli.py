@@ -35,6 +35,11 @@ def test_open_log_fails_unless_allowed(site_log: Path) -> None:
     res = run("verify", site_log)
     assert res.exit_code == 1 and "open" in res.output
     assert run("verify", site_log, "--allow-open").exit_code == 0
+    with open(site_log, "ab") as f:
+        f.write(b'{"body":{"ro')  # a crash in the middle of an append
+    torn = run("verify", site_log)
+    assert torn.exit_code == 1 and "torn last line" in torn.output
+    assert run("verify", site_log, "--allow-open").exit_code == 0
 
 
 def test_verify_json_and_misuse(site_log: Path, tmp_path: Path) -> None:
