@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from fedmed.models import METHODS, MethodOptions, apply_method, build_sam
 
 
 def method_costs(arch: str, *, image_size: int | None, lora_rank: int, adapter_ratio: float = 0.25) -> dict[str, dict]:
@@ -17,6 +14,10 @@ def method_costs(arch: str, *, image_size: int | None, lora_rank: int, adapter_r
 
     Models are built on PyTorch's meta device: shapes without memory, so vit_h counts in a second.
     """
+    import torch
+
+    from fedmed.models import METHODS, MethodOptions, apply_method, build_sam
+
     counts = {}
     for name in METHODS:
         with torch.device("meta"):

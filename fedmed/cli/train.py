@@ -10,10 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmed.cli.progress import step_progress
-from fedmed.data import DataError, load_sites
-from fedmed.models import CheckpointError, ModelConfig
-from fedmed.train import TrainConfig
-from fedmed.train.centralized import train_centralized
 
 console = Console()
 
@@ -30,11 +26,18 @@ def train(
     lora_rank: int = typer.Option(4, min=1),
     seed: int = typer.Option(0),
     num_sites: int = typer.Option(3, min=1, help="sites of the synthetic dataset"),
+    samples_per_site: int = typer.Option(80, min=2, help="images per site of the synthetic dataset"),
     out: Path = typer.Option(Path("runs/train"), help="writes metrics.json and trainable.pt here"),
 ) -> None:
     """Train one model on the union of all sites' data; report validation Dice, IoU, HD95 per site."""
+    from fedmed.data import DataError, load_sites
+    from fedmed.models import CheckpointError, ModelConfig
+    from fedmed.train import TrainConfig
+    from fedmed.train.centralized import train_centralized
+
     try:
-        sites = load_sites(data, image_size=image_size or _preset_size(arch), seed=seed, num_sites=num_sites)
+        synthetic = {"num_sites": num_sites, "samples_per_site": samples_per_site} if data == "synthetic" else {}
+        sites = load_sites(data, image_size=image_size or _preset_size(arch), seed=seed, **synthetic)
     except DataError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
