@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -29,7 +30,16 @@ def check(
     channel: Annotated[int, typer.Option(help="the image channel of NIfTI datasets")] = 0,
 ) -> None:
     """List every problem of a dataset at once (exit 1 if there is any, 0 if it is ready to train on)."""
-    scan = scan_data(path, channel=channel)
+    with Progress(TextColumn("checking {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(site: str, done: int, total: int) -> None:
+            if site not in tasks:
+                tasks[site] = bar.add_task(site, total=total)
+            bar.update(tasks[site], completed=done)
+
+        scan = scan_data(path, channel=channel, progress=progress)
     if as_json:
         typer.echo(json.dumps({
             "path": str(path),

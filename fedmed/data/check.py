@@ -7,6 +7,7 @@ and sites of one federation must declare the same classes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,29 +42,34 @@ class DataScan:
     problems: list[DataProblem] = field(default_factory=list)
 
 
-def _scan_one(name: str, path: Path, channel: int) -> SiteScan:
+def _scan_one(name: str, path: Path, channel: int, progress: Callable[[str, int, int], None] | None) -> SiteScan:
+    step = (lambda done, total: progress(name, done, total)) if progress else None
     if is_folder2d(path):
-        return SiteScan(name, "2d", scan_folder2d(path))
-    return SiteScan(name, "nifti", scan_nifti(path, channel=channel))
+        return SiteScan(name, "2d", scan_folder2d(path, progress=step))
+    return SiteScan(name, "nifti", scan_nifti(path, channel=channel, progress=step))
 
 
 def is_dataset(path: Path) -> bool:
     return is_folder2d(path) or is_nifti_dataset(path)
 
 
-def scan_data(path: str | Path, *, channel: int = 0) -> DataScan:
-    """Scan one dataset or a folder of site datasets; nothing raises, everything wrong is listed."""
+def scan_data(path: str | Path, *, channel: int = 0,
+              progress: Callable[[str, int, int], None] | None = None) -> DataScan:
+    """Scan one dataset or a folder of site datasets; nothing raises, everything wrong is listed.
+
+    `progress(site, done, total)` is called after each case read.
+    """
     path = Path(path)
     scan = DataScan(path)
     if not path.is_dir():
         scan.problems.append(DataProblem(path, "no such folder" if not path.exists() else "not a folder"))
         return scan
     if is_dataset(path):
-        scan.sites.append(_scan_one(path.resolve().name, path, channel))
+        scan.sites.append(_scan_one(path.resolve().name, path, channel, progress))
     else:
         for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if is_dataset(sub):
-                scan.sites.append(_scan_one(sub.name, sub, channel))
+                scan.sites.append(_scan_one(sub.name, sub, channel, progress))
             else:
                 scan.problems.append(DataProblem(sub, f"not a dataset: {LAYOUT_HELP}"))
         if not scan.sites:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from fedmed.data.classes import ClassMap, ClassSpecError, infer_classes, parse_classes
 from fedmed.data.images2d import IMAGE_SUFFIXES, ReadError, read_image, read_mask
 from fedmed.data.transforms import image_to_tensor, mask_to_tensor
-from fedmed.data.types import DataError, DataProblem
+from fedmed.data.types import DataError, DataProblem, Progress
 
 MASK_STEM_SUFFIXES = ("", "_segmentation", "_mask", "_seg", "_label", "_labels", "_gt")
 CLASS_FILES = ("classes.json", "dataset.json")
@@ -90,14 +90,17 @@ def _hw(arr: np.ndarray) -> str:
     return f"{arr.shape[0]}x{arr.shape[1]}"
 
 
-def scan_folder2d(root: Path) -> Folder2DIndex:
-    """Read every image and mask once and report every problem (nothing raises)."""
+def scan_folder2d(root: Path, *, progress: Progress | None = None) -> Folder2DIndex:
+    """Read every image and mask once and report every problem (nothing raises).
+
+    `progress(done, total)` is called after each pair.
+    """
     index = Folder2DIndex(root)
     index.pairs = _pair(root, index.problems)
     declared, problems = declared_classes(root)
     index.problems += problems
     values: dict[Path, set[int]] = {}
-    for image_path, mask_path in index.pairs:
+    for done, (image_path, mask_path) in enumerate(index.pairs, 1):
         image = mask = None
         try:
             image = read_image(image_path)
@@ -111,6 +114,8 @@ def scan_folder2d(root: Path) -> Folder2DIndex:
         if image is not None and mask is not None and image.shape[:2] != mask.shape:
             index.problems.append(DataProblem(mask_path, (
                 f"size mismatch: mask is {_hw(mask)} but image {image_path.name} is {_hw(image)} (HxW)")))
+        if progress:
+            progress(done, len(index.pairs))
     if declared is None and not problems:
         declared, note = infer_classes(set().union(*values.values()) if values else {0})
         if declared is None:

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from fedmed.data.classes import ClassMap, ClassSpecError, parse_classes
 from fedmed.data.transforms import CT_WINDOW, image_to_tensor, mask_to_tensor, normalise
-from fedmed.data.types import DataError, DataProblem
+from fedmed.data.types import DataError, DataProblem, Progress
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -153,13 +153,18 @@ def _check_case(case: NiftiCase, classes: ClassMap | None, channel: int, problem
         case.foreground = np.any(label != background, axis=(0, 1))
 
 
-def scan_nifti(root: Path, *, channel: int = 0) -> NiftiIndex:
-    """Read dataset.json and every volume once; report every problem (nothing raises)."""
+def scan_nifti(root: Path, *, channel: int = 0, progress: Progress | None = None) -> NiftiIndex:
+    """Read dataset.json and every volume once; report every problem (nothing raises).
+
+    `progress(done, total)` is called after each case.
+    """
     index = NiftiIndex(root)
     read_metadata(root, channel, index)
     index.cases = _pair_cases(root, channel, index.problems)
-    for case in index.cases:
+    for done, case in enumerate(index.cases, 1):
         _check_case(case, index.classes, channel, index.problems)
+        if progress:
+            progress(done, len(index.cases))
     return index
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +46,15 @@ def _site_data(k: int, site: SiteScan, *, image_size: int, seed: int, val_fracti
 
 
 def load_sites(data: str | Path, *, image_size: int = 128, seed: int = 0, val_fraction: float = 0.2,
-               num_sites: int = 3, **options) -> list[SiteData]:
+               num_sites: int = 3, progress: Callable[[str, int, int], None] | None = None,
+               **options) -> list[SiteData]:
     """The sites of a federation, each split into training and validation.
 
     `data` is "synthetic" (the built-in federation of `num_sites` sites; options `samples_per_site`,
     `num_classes`), one dataset folder (one site named after it) or a folder of dataset folders (one
     site each, sorted). Folders are checked whole first: any problem raises `DataError` listing all.
     NIfTI options: `drop_empty`, `empty_keep_fraction`, `ct_window` (HU), `channel`.
+    `progress(site, done, total)` follows the check, which reads every file once.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
@@ -64,7 +67,7 @@ def load_sites(data: str | Path, *, image_size: int = 128, seed: int = 0, val_fr
     if synthetic:
         return make_synthetic_sites(num_sites, seed=seed, image_size=image_size, val_fraction=val_fraction,
                                     **options)
-    scan = scan_data(Path(data), channel=options.get("channel", 0))
+    scan = scan_data(Path(data), channel=options.get("channel", 0), progress=progress)
     if scan.problems:
         raise DataError(scan.problems)
     return [_site_data(k, site, image_size=image_size, seed=seed, val_fraction=val_fraction, **options)

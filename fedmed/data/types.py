@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch.utils.data import Dataset
+
+Progress = Callable[[int, int], None]
+"""A callback told (done, total) as a long scan goes."""
 
 
 @dataclass
