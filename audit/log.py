@@ -149,34 +149,29 @@ class AuditLog:
             if rep.first_bad.code == "key_mismatch":
                 raise KeyMismatchError(f"{path}: refusing to append: {rep.first_bad.reason}")
             raise LogCorruptError(f"{path}: refusing to append: {rep.summary()}", rep)
-        if rep.party != party:
+        if rep.entries and rep.party != party:
             raise InvalidPartyError(f"{path}: the log is party {rep.party!r}'s, not {party!r}")
-        log = cls(path, key, party, fd, log_id=rep.log_id or "", seq=rep.entries,
-                  prev_hash=rep.last_hash, run_open=rep.run_open)
         torn: dict[str, Any] = {}
         if rep.torn_tail is not None:
             if not recover:
                 raise TornTailError(f"{path}: refusing to append: {rep.summary()}; "
                                     "reopen with recover=True to set the torn bytes aside", rep)
-            torn = log._set_aside(rep.torn_tail.offset)
+            torn = _set_aside(path, fd, rep.torn_tail.offset)
+        if not rep.entries:  # nothing but a torn first line: start afresh (the bytes are set aside)
+            return cls(path, key, party, fd, log_id=os.urandom(16).hex(), seq=0,
+                       prev_hash=GENESIS_HASH, run_open=False)
+        log = cls(path, key, party, fd, log_id=rep.log_id, seq=rep.entries,
+                  prev_hash=rep.last_hash, run_open=rep.run_open)
         if rep.run_open or torn:
             run_seq = next((e.seq for e in reversed(rep.verified) if e.kind == "run_start"), None)
-            log.append("recovery", dict(
-                reason="reopened after a crash: " + ("torn last line set aside" if torn else "the last run never ended"),
-                interrupted_run_seq=run_seq if rep.run_open else None, **torn))
+            try:
+                log.append("recovery", dict(
+                    reason="reopened after a crash: " + ("torn last line set aside" if torn else "the last run never ended"),
+                    interrupted_run_seq=run_seq if rep.run_open else None, **torn))
+            except BaseException:
+                log._fd = None  # AuditLog.open closes the file
+                raise
         return log
-
-    def _set_aside(self, offset: int) -> dict[str, Any]:
-        """Copy the torn bytes past `offset` to a side file, then cut them off the log."""
-        fd = self._fd
-        size = os.fstat(fd).st_size
-        torn = os.pread(fd, size - offset, offset)
-        aside = self.path.with_name(f"{self.path.name}.torn-{offset}")
-        aside.write_bytes(torn)
-        os.truncate(fd, offset)
-        os.fsync(fd)
-        return dict(torn_bytes=len(torn), torn_sha256=hashlib.sha256(torn).hexdigest(),
-                    torn_saved_to=aside.name)
 
     # ------------------------------------------------------------------ appending
 
@@ -322,6 +317,16 @@ class AuditLog:
                 os.close(fd)
             except Exception:  # noqa: BLE001 - interpreter shutdown
                 pass
+
+
+def _set_aside(path: Path, fd: int, offset: int) -> dict[str, Any]:
+    """Copy the torn bytes past `offset` to a side file, then cut them off the log."""
+    torn = os.pread(fd, os.fstat(fd).st_size - offset, offset)
+    aside = path.with_name(f"{path.name}.torn-{offset}")
+    aside.write_bytes(torn)
+    os.truncate(fd, offset)
+    os.fsync(fd)
+    return dict(torn_bytes=len(torn), torn_sha256=hashlib.sha256(torn).hexdigest(), torn_saved_to=aside.name)
 
 
 def _fsync_dir(path: Path) -> None:

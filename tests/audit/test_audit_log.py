@@ -227,3 +227,14 @@ def test_tensor_fast_path_checks_like_the_schema(tmp_path: Path) -> None:
         args = dict(round=1, peer="server", name="w", data=b"abcdef", masked=True) | bad
         with pytest.raises(InvalidEntryError):
             tensor_body(**args)
+
+
+def test_a_torn_first_line_is_set_aside_and_the_log_starts_afresh(tmp_path: Path) -> None:
+    key = PartyKey.load_or_create(tmp_path / "site-1.key")
+    (tmp_path / "site-1.jsonl").write_bytes(b'{"body":{"con')
+    with pytest.raises(TornTailError):
+        AuditLog.open(tmp_path / "site-1.jsonl", key)
+    with AuditLog.open(tmp_path / "site-1.jsonl", key, recover=True) as log:
+        log.run_start()
+    assert verify(tmp_path / "site-1.jsonl", key.public_key).ok
+    assert (tmp_path / "site-1.jsonl.torn-0").read_bytes() == b'{"body":{"con'
