@@ -100,6 +100,16 @@ def share_aad(round_id: str, sender: int, recipient: int) -> bytes:
     return DOMAIN + b"share" + lp(round_id.encode()) + u64(sender) + u64(recipient)
 
 
+def pairwise_keys(private: bytes, me: int, peers: Mapping[int, bytes], purpose: bytes, round_id: str) -> dict[int, bytes]:
+    """{peer: key agreed with its public key for ``purpose``}; a bad public key names its owner."""
+    ids = sorted(peers)
+    try:
+        keys = crypto.agree_many(private, [(peers[v], pair_info(purpose, round_id, me, v)) for v in ids])
+    except CryptoError as exc:
+        raise ForgedMessageError(f"unusable public key for {purpose.decode()}: {exc}", client=ids[exc.index]) from exc
+    return dict(zip(ids, keys))
+
+
 class ClientState(BaseModel):
     """Everything a session must remember between stages. Secret: keep it at the site."""
 
@@ -225,9 +235,9 @@ class ClientSession:
             raise
 
     def _encode(self, update: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         encoded = encode(update, self._state.config)
-        self.timings["encode_s"] = time.perf_counter() - t0
+        self.timings.update(encode_s=time.perf_counter() - t0, encode_cpu_s=time.process_time() - c0)
         return encoded
 
     # -- stages -----------------------------------------------------------------------------
@@ -290,16 +300,13 @@ class ClientSession:
         points = [shamir.share_point(h) for h in holders]
         seed_shares = shamir.split(seed, points, config.threshold)
         key_shares = shamir.split(st.mask_sk, points, config.threshold)
+        enc_keys = pairwise_keys(st.enc_sk, me, {v: keys[v].enc_pk for v in mine}, b"share-encryption", st.round_id)
         out = []
         for v in mine:
-            try:
-                key = crypto.agree(st.enc_sk, keys[v].enc_pk, info=pair_info(b"share-encryption", st.round_id, me, v))
-            except CryptoError as exc:
-                raise ForgedMessageError(f"unusable encryption key: {exc}", client=v) from exc
             p = shamir.share_point(v)
             plaintext = u64(me) + u64(v) + seed_shares[p] + key_shares[p]
             out.append(EncryptedShares(sender=me, recipient=v,
-                                       ciphertext=crypto.seal(key, plaintext, share_aad(st.round_id, me, v))))
+                                       ciphertext=crypto.seal(enc_keys[v], plaintext, share_aad(st.round_id, me, v))))
         own = shamir.share_point(me)
         st.keys, st.neighbours, st.seed = keys, mine, seed
         st.quorum = config.quorum(len(keys))
@@ -311,18 +318,20 @@ class ClientSession:
     def _on_shares(self, msg: SharesForward, encoded: np.ndarray) -> MaskedInput:
         st, config, me = self._state, self._state.config, self._state.client_id
         nbrs = set(st.neighbours)
-        held: dict[int, list[bytes]] = {}
+        senders = [e.sender for e in msg.shares]
         for e in msg.shares:
             if e.recipient != me:
                 raise MalformedMessageError(f"forwarded shares are addressed to client {e.recipient}", client=e.sender)
             if e.sender not in nbrs:
                 raise MalformedMessageError("forwarded shares come from a client that is not a neighbour", client=e.sender)
-            if e.sender in held:
-                raise MalformedMessageError("shares forwarded twice", client=e.sender)
+        if len(set(senders)) != len(senders):
+            raise MalformedMessageError("shares forwarded twice")
+        enc_keys = pairwise_keys(st.enc_sk, me, {v: st.keys[v].enc_pk for v in senders}, b"share-encryption",
+                                 st.round_id)
+        held: dict[int, list[bytes]] = {}
+        for e in msg.shares:
             try:
-                key = crypto.agree(st.enc_sk, st.keys[e.sender].enc_pk,
-                                   info=pair_info(b"share-encryption", st.round_id, me, e.sender))
-                plaintext = crypto.open_sealed(key, e.ciphertext, share_aad(st.round_id, e.sender, me))
+                plaintext = crypto.open_sealed(enc_keys[e.sender], e.ciphertext, share_aad(st.round_id, e.sender, me))
             except CryptoError as exc:
                 raise ForgedMessageError(f"its encrypted shares do not authenticate: {exc}", client=e.sender) from exc
             if len(plaintext) != SHARE_PLAINTEXT_BYTES or plaintext[:16] != u64(e.sender) + u64(me):
@@ -331,19 +340,16 @@ class ClientSession:
         if len(held) + 1 < config.threshold:
             raise TooFewSurvivorsError(f"shares arrived from {len(held)} neighbours; with this client "
                                        f"{len(held) + 1} < threshold {config.threshold}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
+        seeds = pairwise_keys(st.mask_sk, me, {v: st.keys[v].mask_pk for v in held}, b"pairwise-mask", st.round_id)
         add, subtract = [st.seed], []
-        for v in sorted(held):
-            try:
-                s = crypto.agree(st.mask_sk, st.keys[v].mask_pk, info=pair_info(b"pairwise-mask", st.round_id, me, v))
-            except CryptoError as exc:
-                raise ForgedMessageError(f"unusable masking key: {exc}", client=v) from exc
+        for v, s in seeds.items():
             (add if me < v else subtract).append(s)
         apply_masks(encoded, add, subtract, algorithm=config.prg)
         if config.word_mask is not None:
             encoded &= config.dtype.type(config.word_mask)
-        self.timings["mask_s"] = time.perf_counter() - t0
-        self.timings["masks"] = len(add) + len(subtract)
+        self.timings.update(mask_s=time.perf_counter() - t0, mask_cpu_s=time.process_time() - c0,
+                            masks=len(add) + len(subtract))
         st.held.update(held)
         st.progress = Progress.MASKED
         self._update = None

@@ -33,7 +33,14 @@ class KeyPair(NamedTuple):
 
 
 class CryptoError(ValueError):
-    """A key, signature or ciphertext does not verify; callers turn it into a protocol error."""
+    """A key, signature or ciphertext does not verify; callers turn it into a protocol error.
+
+    ``index`` is the position of the offending item in a batch call, if any.
+    """
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
 
 
 def u64(value: int) -> bytes:
@@ -95,15 +102,23 @@ def agree(private: bytes, peer_public: bytes, *, info: bytes) -> bytes:
 
     Raises :class:`CryptoError` for malformed or small-order public keys (all-zero secret).
     """
-    try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(peer_public)
-        )
-    except ValueError as exc:
-        raise CryptoError(f"X25519 key agreement failed: {exc}") from exc
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=DOMAIN + info).derive(
-        shared
-    )
+    return agree_many(private, [(peer_public, info)])[0]
+
+
+def agree_many(private: bytes, peers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """:func:`agree` with each ``(peer_public, info)``, loading the private key once.
+
+    Raises :class:`CryptoError` naming the position of the first unusable public key.
+    """
+    sk = X25519PrivateKey.from_private_bytes(private)
+    out = []
+    for i, (peer_public, info) in enumerate(peers):
+        try:
+            shared = sk.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError as exc:
+            raise CryptoError(f"X25519 key agreement failed: {exc}", index=i) from exc
+        out.append(HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=DOMAIN + info).derive(shared))
+    return out
 
 
 # -- authenticated encryption (AES-256-GCM) -------------------------------------------------

@@ -11,7 +11,8 @@ chunk so that the accumulator and the keystream stay in cache, and it fuses the 
   bitwise complement ``~m`` of the keystream ``m``; since ``-m = ~m + 1`` modulo 2^w, the sum
   of ``s`` subtracted masks is the sum of their complements plus the constant ``s``;
 - so every mask of a chunk is *added*: up to ``GROUP`` keystreams are written into the rows of
-  one buffer and summed by a single ``np.add.reduce`` call, then added to the accumulator.
+  one buffer and summed by a single ``np.add.reduce`` call (whose ``initial`` carries the
+  constant), then added to the accumulator.
 
 No Python loop runs over elements; the only per-chunk Python work is one cipher call per mask.
 """
@@ -93,20 +94,18 @@ def apply_masks(
     tmp = np.empty(per_chunk, dtype=dtype)
     batches = [jobs[i : i + group] for i in range(0, len(jobs), group)]
     complement_fix = dtype.type(len(subtract) % (1 << (8 * item)))
+    zero_word = dtype.type(0)
     zeros, ones = bytes(cb), b"\xff" * cb
     add_, reduce_ = np.add, np.add.reduce
 
     def run(a: np.ndarray, n: int, zero: bytes, one: bytes) -> None:
+        initial = complement_fix  # the "+ s" of the complements, folded into the first sum
         for batch in batches:
             for j, (update_into, negate) in enumerate(batch):
                 update_into(one if negate else zero, slots[j])
-            if len(batch) == 1:
-                add_(a, rows[0, :n], out=a)
-            else:
-                reduce_(rows[: len(batch), :n], axis=0, out=tmp[:n])
-                add_(a, tmp[:n], out=a)
-        if complement_fix:
-            add_(a, complement_fix, out=a)
+            reduce_(rows[: len(batch), :n], axis=0, out=tmp[:n], initial=initial)
+            add_(a, tmp[:n], out=a)
+            initial = zero_word
 
     full = acc.size // per_chunk
     for k in range(full):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import crypto, shamir
-from .client import pair_info
+from .client import pairwise_keys
 from .config import SecAggConfig
 from .crypto import CryptoError
 from .encoding import decode
@@ -118,7 +118,7 @@ class ServerSession:
         self._dropped_asked: dict[int, frozenset[int]] = {}
         self._acc = np.zeros(0, dtype=config.dtype)
         self._result: AggregateResult | None = None
-        self.timings: dict[str, float] = {"collect_s": 0.0}
+        self.timings: dict[str, float] = {"collect_s": 0.0, "collect_cpu_s": 0.0}
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -168,11 +168,12 @@ class ServerSession:
         if sender not in self._asked:
             raise StageError("this client is not part of the stage (it dropped out earlier)",
                              stage=stage.value, client=sender)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         getattr(self, f"_check_{stage.value}")(msg)
         if stage is Stage.MASKED_INPUT:  # summed on arrival; the vector itself is not kept
             msg = msg.model_copy(update={"data": b""})
             self.timings["collect_s"] += time.perf_counter() - t0
+            self.timings["collect_cpu_s"] += time.process_time() - c0
         self._inbox[sender] = msg
 
     def advance(self) -> dict[int, ServerMessage]:
@@ -204,10 +205,8 @@ class ServerSession:
                              keys_payload(self.round_id, self._digest, k.client_id, k.enc_pk, k.mask_pk)):
             raise ForgedMessageError("the signature on its keys does not verify", stage="advertise_keys",
                                      client=msg.sender)
-        probe = crypto.generate_agreement_key().private
-        try:
-            crypto.agree(probe, k.enc_pk, info=b"probe")
-            crypto.agree(probe, k.mask_pk, info=b"probe")
+        try:  # small-order points would make every key agreed with them public
+            crypto.agree_many(crypto.generate_agreement_key().private, [(k.enc_pk, b"probe"), (k.mask_pk, b"probe")])
         except CryptoError as exc:
             raise MalformedMessageError(f"unusable public key: {exc}", stage="advertise_keys", client=msg.sender)
         used = {pk for m in self._inbox.values() for pk in (m.keys.enc_pk, m.keys.mask_pk)}
@@ -315,7 +314,7 @@ class ServerSession:
         return requests
 
     def _close_unmask(self, inbox: dict[int, UnmaskResponse]) -> dict:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         u3 = self.survivors[Stage.MASKED_INPUT]
         seeds: dict[int, dict[int, bytes]] = {v: {} for v in u3}
         keys: dict[int, dict[int, bytes]] = {v: {} for v in self._needs_key(u3)}
@@ -336,8 +335,9 @@ class ServerSession:
             sk = self._reconstruct(v, keys[v], "masking key")
             if crypto.agreement_public(sk) != self._keys[v].mask_pk:
                 raise self._fail(v, "the reconstructed masking key does not match its public key")
-            for w in sorted(self._nbrs[v] & u3):
-                s = crypto.agree(sk, self._keys[w].mask_pk, info=pair_info(b"pairwise-mask", self.round_id, v, w))
+            seeds = pairwise_keys(sk, v, {w: self._keys[w].mask_pk for w in self._nbrs[v] & u3}, b"pairwise-mask",
+                                  self.round_id)
+            for w, s in seeds.items():
                 (subtract if w < v else add).append(s)  # undo what w applied for v
         t1 = time.perf_counter()
         acc = self._acc if self._acc.size else np.zeros(self.config.vector_length, dtype=self.config.dtype)
@@ -347,7 +347,7 @@ class ServerSession:
         t2 = time.perf_counter()
         total = decode(acc, self.config)
         self.timings.update(reconstruct_s=t1 - t0, unmask_s=t2 - t1, decode_s=time.perf_counter() - t2,
-                            masks=len(add) + len(subtract))
+                            unmask_stage_cpu_s=time.process_time() - c0, masks=len(add) + len(subtract))
         self._acc = np.zeros(0, dtype=self.config.dtype)
         self._result = AggregateResult(total=total, encoded_total=acc, survivors=tuple(sorted(u3)),
                                        dropped=tuple(sorted(set(self.participants) - u3)))

@@ -7,7 +7,7 @@ message goes through its wire form (``to_bytes``/``parse``) as it would over the
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,9 +40,12 @@ def simulate_round(
     dropouts: Mapping[int, Stage] | None = None,
     round_id: str = "simulated-round",
     identities: Mapping[int, crypto.KeyPair] | None = None,
+    before_reply: Callable[[int, ClientSession, bytes], None] | None = None,
 ) -> SimulationResult:
     """Aggregate ``updates`` ({client id: flat float vector}); ``dropouts`` {client id: stage}
     makes a client go silent from that stage on (it sends no reply for it or any later stage).
+    ``before_reply(client id, session, request bytes)`` is called before each client handles a
+    request (to observe or snapshot sessions).
 
     Returns the server's result, or raises what the protocol raises (for example
     :class:`~secure_agg.errors.TooFewSurvivorsError` when too many clients drop out).
@@ -65,6 +68,8 @@ def simulate_round(
                 continue
             wire = request.to_bytes()
             down += len(wire)
+            if before_reply is not None:
+                before_reply(c, clients[c], wire)
             t0 = time.perf_counter()
             reply = clients[c].handle(wire, update=updates[c] if stage is Stage.MASKED_INPUT else None)
             data = reply.to_bytes()
