@@ -76,8 +76,8 @@ def _place(rng, body, radius, taken, size) -> tuple[float, float] | None:
     """A centre whose blob lies inside the body, clear of the structures already placed (or None)."""
     for _ in range(60):
         c = rng.uniform(0.2, 0.8, 2) * size
-        reach = [(c[0] + dy * radius * 1.2, c[1] + dx * radius * 1.2) for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
-        if any(not (0 <= y < size and 0 <= x < size) or body[int(y), int(x)] < 0.99 for y, x in reach):
+        edge = [(c[0] + dy * 1.2 * radius, c[1] + dx * 1.2 * radius) for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+        if any(not (0 <= y < size and 0 <= x < size) or body[int(y), int(x)] < 0.99 for y, x in [c, *edge]):
             continue
         if all(np.hypot(c[0] - y, c[1] - x) > radius + r + 0.03 * size for y, x, r in taken):
             return float(c[0]), float(c[1])
@@ -96,7 +96,7 @@ def _tissue(p: SiteProfile, rng: np.random.Generator, size: int, num_classes: in
     img = 0.04 + body * (tissue - 0.04)
     label = np.zeros((size, size), dtype=np.int64)
 
-    def add(c, r, delta, texture=0.0, *, aspect=1.0, irregularity=0.0, cut=None) -> tuple[tuple[slice, slice], np.ndarray]:
+    def add(c, r, delta, texture=0.0, *, aspect=1.0, irregularity=0.0, cut=None):
         """Draw a blob of contrast `delta`; return its window and its distance field there."""
         win = box(c, r * aspect * (1 + 2.3 * irregularity) + 2 * px, size)
         dist = blob(yy[win], xx[win], c, r, aspect=aspect, angle=rng.uniform(0, np.pi),

@@ -46,7 +46,7 @@ def test_sites_differ_like_scanners_and_anatomy():
     profiles = site_profiles(4, seed=0)
     for field in ("gamma", "noise", "bias", "blur", "radius", "irregularity"):
         assert len({getattr(p, field) for p in profiles}) == 4, field
-    sites = make_synthetic_sites(3, seed=0, image_size=64, samples_per_site=24)
+    sites = make_synthetic_sites(3, seed=0, image_size=64, samples_per_site=16)
     means, noise, area = [], [], []
     for s in sites:
         images, masks = _stack(s.train, "image")[:, 0], _stack(s.train, "mask")
@@ -59,7 +59,7 @@ def test_sites_differ_like_scanners_and_anatomy():
 
 def test_multiclass_labels_present():
     for num_classes in (3, 4):
-        (site,) = make_synthetic_sites(1, image_size=64, samples_per_site=16, num_classes=num_classes)
+        (site,) = make_synthetic_sites(1, image_size=48, samples_per_site=10, num_classes=num_classes)
         masks = _stack(site.train, "mask")
         assert set(masks.unique().tolist()) == set(range(num_classes))
         assert site.class_names == ["background", "organ", "lesion", "cyst"][:num_classes]
@@ -69,7 +69,7 @@ def test_multiclass_labels_present():
 
 def test_not_a_threshold_problem():
     """Even the best global threshold, chosen on the answers, segments the organs poorly."""
-    for site in make_synthetic_sites(3, image_size=64, samples_per_site=24):
+    for site in make_synthetic_sites(3, image_size=64, samples_per_site=16):
         images, masks = _stack(site.train, "image")[:, 0].numpy(), _stack(site.train, "mask").numpy() > 0
         best = 0.0
         for t in np.linspace(0, 255, 52):
