@@ -85,7 +85,7 @@ def decode(total: np.ndarray, config: SecAggConfig) -> np.ndarray:
     else:
         signed = (total & config.dtype.type(config.word_mask)).astype(np.int64)
         signed[signed >= 1 << (k - 1)] -= 1 << k
-    return signed.astype(np.float64) / config.scale
+    return np.multiply(signed, 1.0 / config.scale, dtype=np.float64)  # 1/scale is a power of 2: exact
 
 
 def error_bound(config: SecAggConfig, num_inputs: int) -> float:
