@@ -204,11 +204,11 @@ class NiftiSliceDataset(Dataset):
         except VolumeError as exc:
             raise DataError([DataProblem(case.image, str(exc))]) from exc
         try:
-            label = self.classes.encode(np.round(read_volume(case.label)).astype(np.int64))
+            label = self.classes.encode(np.round(read_volume(case.label)[:, :, ks]).astype(np.int64))
         except (VolumeError, ValueError) as exc:
             raise DataError([DataProblem(case.label, str(exc))]) from exc
         images = torch.stack([image_to_tensor(image[:, :, k], self.image_size)[0] for k in ks])
-        masks = torch.stack([mask_to_tensor(label[:, :, k], self.image_size) for k in ks])
+        masks = torch.stack([mask_to_tensor(label[:, :, j], self.image_size) for j in range(len(ks))])
         return images.round().to(torch.uint8), masks.to(torch.uint8)
 
     def __getitem__(self, i: int) -> dict:

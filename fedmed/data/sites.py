@@ -19,17 +19,18 @@ SYNTHETIC_OPTIONS = {"samples_per_site", "num_classes"}
 FOLDER_OPTIONS = {"drop_empty", "empty_keep_fraction", "ct_window", "channel"}
 
 
-def split_cases(n: int, val_fraction: float, *, seed: int, site: int) -> tuple[list[int], list[int]]:
-    """Shuffle case numbers 0..n-1 with the seed and cut off the validation part (at least one case
-    each way when n >= 2; a single case goes to training)."""
-    order = np.random.default_rng([seed, site, 104729]).permutation(n).tolist()
+def split_cases(n: int, val_fraction: float, *, seed: int, site: str) -> tuple[list[int], list[int]]:
+    """Shuffle case numbers 0..n-1 with the seed and the site's name, and cut off the validation part
+    (at least one case each way when n >= 2; a single case goes to training). The split depends only
+    on the site itself, so it is the same whether the site is loaded alone or with others."""
+    order = np.random.default_rng([seed, *site.encode()]).permutation(n).tolist()
     n_val = 0 if n < 2 else min(max(1, int(round(n * val_fraction))), n - 1)
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def _site_data(k: int, site: SiteScan, *, image_size: int, seed: int, val_fraction: float, **options) -> SiteData:
+def _site_data(site: SiteScan, *, image_size: int, seed: int, val_fraction: float, **options) -> SiteData:
     index = site.index
-    train_ids, val_ids = split_cases(site.num_cases, val_fraction, seed=seed, site=k)
+    train_ids, val_ids = split_cases(site.num_cases, val_fraction, seed=seed, site=site.name)
     if isinstance(index, Folder2DIndex):
         def part(ids):
             return Folder2DDataset([index.pairs[i] for i in ids], index.classes, image_size=image_size,
@@ -70,5 +71,5 @@ def load_sites(data: str | Path, *, image_size: int = 128, seed: int = 0, val_fr
     scan = scan_data(Path(data), channel=options.get("channel", 0), progress=progress)
     if scan.problems:
         raise DataError(scan.problems)
-    return [_site_data(k, site, image_size=image_size, seed=seed, val_fraction=val_fraction, **options)
-            for k, site in enumerate(scan.sites)]
+    return [_site_data(site, image_size=image_size, seed=seed, val_fraction=val_fraction, **options)
+            for site in scan.sites]

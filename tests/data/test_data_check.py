@@ -111,3 +111,12 @@ def test_unknown_options_are_refused(make_2d):
         load_sites("synthetic", drop_empty=True)
     with pytest.raises(TypeError, match="num_classes"):
         load_sites(make_2d(), num_classes=3)
+
+
+def test_a_site_splits_the_same_alone_or_with_others(make_2d, tmp_path):
+    make_2d("fed/a", n=10)
+    make_2d("fed/b", n=10)
+    together = {s.name: s for s in load_sites(tmp_path / "fed", image_size=16)}
+    alone = load_sites(tmp_path / "fed" / "b", image_size=16)[0]
+    ids = lambda ds: [ds[i]["id"] for i in range(len(ds))]  # noqa: E731
+    assert ids(alone.val) == ids(together["b"].val) and ids(alone.train) == ids(together["b"].train)
