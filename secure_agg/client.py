@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from . import crypto, shamir
 from .config import SecAggConfig
-from .crypto import DOMAIN, CryptoError, lp, u64
+from .crypto import CryptoError, u64
 from .encoding import encode
 from .errors import (
     ConfigError,
@@ -67,9 +67,8 @@ from .messages import (
     seed_commitment,
     survivors_payload,
 )
+from .pairing import SHARE_PLAINTEXT_BYTES, pairwise_keys, share_aad
 from .prg import apply_masks
-
-SHARE_PLAINTEXT_BYTES = 16 + 2 * shamir.SHARE_BYTES
 
 
 class Progress(str, Enum):
@@ -89,25 +88,6 @@ _EXPECTS: dict[Progress, type[ServerMessage]] = {
     Progress.MASKED: ConsistencyRequest,
     Progress.SIGNED: UnmaskRequest,
 }
-
-
-def pair_info(purpose: bytes, round_id: str, a: int, b: int) -> bytes:
-    """HKDF ``info`` binding a pairwise key to its purpose, the round and the (unordered) pair."""
-    return purpose + lp(round_id.encode()) + u64(min(a, b)) + u64(max(a, b))
-
-
-def share_aad(round_id: str, sender: int, recipient: int) -> bytes:
-    return DOMAIN + b"share" + lp(round_id.encode()) + u64(sender) + u64(recipient)
-
-
-def pairwise_keys(private: bytes, me: int, peers: Mapping[int, bytes], purpose: bytes, round_id: str) -> dict[int, bytes]:
-    """{peer: key agreed with its public key for ``purpose``}; a bad public key names its owner."""
-    ids = sorted(peers)
-    try:
-        keys = crypto.agree_many(private, [(peers[v], pair_info(purpose, round_id, me, v)) for v in ids])
-    except CryptoError as exc:
-        raise ForgedMessageError(f"unusable public key for {purpose.decode()}: {exc}", client=ids[exc.index]) from exc
-    return dict(zip(ids, keys))
 
 
 class ClientState(BaseModel):
@@ -245,7 +225,12 @@ class ClientSession:
     def _on_setup(self, msg: Setup) -> AdvertiseKeys:
         st, config = self._state, msg.config
         if self._accept_config is not None:
-            self._accept_config(config)
+            try:
+                self._accept_config(config)
+            except ConfigError:
+                raise
+            except Exception as exc:  # a site policy may raise anything; it is a refusal all the same
+                raise ConfigError(f"the site refuses the round's config: {exc}") from exc
         parts = msg.participants
         if len(set(parts)) != len(parts):
             raise MalformedMessageError("participants are listed twice")
@@ -406,7 +391,8 @@ class ClientSession:
             if s.client_id in signers:
                 raise MalformedMessageError("two signatures from one client", client=s.client_id)
             if s.client_id not in survivors or not crypto.verify(st.roster[s.client_id], s.signature, payload):
-                raise ForgedMessageError("its signature on the survivor set does not verify", client=s.client_id)
+                raise ForgedMessageError("its signature on the survivor set does not verify (or it is no survivor)",
+                                         client=s.client_id)
             signers.add(s.client_id)
         if len(signers) < st.quorum:
             raise TooFewSurvivorsError(f"{len(signers)} signatures on the survivor set, {st.quorum} needed")
@@ -417,4 +403,4 @@ class ClientSession:
         return UnmaskResponse(round_id=st.round_id, sender=me, seed_shares=seed_shares, key_shares=key_shares)
 
 
-__all__ = ["ClientSession", "ClientState", "Progress", "pair_info", "share_aad"]
+__all__ = ["ClientSession", "ClientState", "Progress"]

@@ -28,14 +28,15 @@ class ProtocolError(SecAggError):
     """A message broke the protocol. ``stage`` and ``client`` say where and whom it concerns."""
 
     def __init__(self, message: str, *, stage: str | None = None, client: int | None = None):
-        prefix = []
-        if stage is not None:
-            prefix.append(f"stage {stage}")
-        if client is not None:
-            prefix.append(f"client {client}")
-        super().__init__(f"[{', '.join(prefix)}] {message}" if prefix else message)
+        super().__init__(message)
+        self.message = message
         self.stage = stage
         self.client = client
+
+    def __str__(self) -> str:
+        where = [f"stage {self.stage}"] if self.stage is not None else []
+        where += [f"client {self.client}"] if self.client is not None else []
+        return f"[{', '.join(where)}] {self.message}" if where else self.message
 
 
 class MalformedMessageError(ProtocolError):

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import crypto, shamir
-from .client import pairwise_keys
 from .config import SecAggConfig
 from .crypto import CryptoError
 from .encoding import decode
@@ -51,6 +50,7 @@ from .messages import (
     Setup,
     ShareKeys,
     SharesForward,
+    SignedKeys,
     Stage,
     SurvivorSignature,
     UnmaskRequest,
@@ -60,6 +60,7 @@ from .messages import (
     seed_commitment,
     survivors_payload,
 )
+from .pairing import pairwise_keys
 from .prg import apply_masks
 
 _REPLY = {
@@ -111,10 +112,10 @@ class ServerSession:
         self.survivors: dict[Stage, frozenset[int]] = {}  # who replied, per closed stage (U1 ... U5)
         self._asked: frozenset[int] = frozenset()
         self._inbox: dict[int, ClientMessage] = {}
-        self._keys: dict[int, object] = {}
+        self._keys: dict[int, SignedKeys] = {}
         self._nbrs: dict[int, frozenset[int]] = {}
+        self._quorum = config.threshold
         self._shares: dict[int, ShareKeys] = {}
-        self._signatures: dict[int, bytes] = {}
         self._dropped_asked: dict[int, frozenset[int]] = {}
         self._acc = np.zeros(0, dtype=config.dtype)
         self._result: AggregateResult | None = None
