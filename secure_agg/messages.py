@@ -43,7 +43,7 @@ class Stage(str, Enum):
 
 STAGES: tuple[Stage, ...] = tuple(Stage)
 
-ClientId = Annotated[int, Field(strict=True, ge=0, lt=2**63)]
+ClientId = Annotated[int, Field(strict=True, ge=0, lt=2**64)]  # Flower node ids are u64
 RoundId = Annotated[str, Field(strict=True, min_length=1, max_length=256)]
 PublicKey = Annotated[bytes, Field(min_length=32, max_length=32)]
 Signature = Annotated[bytes, Field(min_length=64, max_length=64)]

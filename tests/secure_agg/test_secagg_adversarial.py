@@ -397,3 +397,28 @@ def test_sessions_refuse_bad_construction():
         ServerSession(config(n=5), round_id="r", roster=roster, participants=[0, 1, 2])
     with pytest.raises(ConfigError, match="participants"):
         ServerSession(config(n=5), round_id="r", roster=roster, participants=[0, 1])
+
+
+def test_a_policy_hook_raising_anything_is_a_config_refusal():
+    def policy(c: SecAggConfig):
+        raise ValueError("modulus too small for this site")
+
+    r = Round(config())
+    session = ClientSession(0, r.identities[0].private, r.roster, round_id=r.round_id, accept_config=policy)
+    with pytest.raises(ConfigError, match="refuses the round's config: modulus too small"):
+        session.handle(r.requests[0].to_bytes())
+
+
+def test_errors_name_stage_and_client():
+    r = Round(config())
+    r.run_to(Stage.UNMASK)
+    with pytest.raises(DoubleRevealError) as err:
+        r.reply(0, r.requests[0].model_copy(update={"dropped": [3]}))
+    assert str(err.value).startswith("[stage unmask, client 3]")
+    assert (err.value.stage, err.value.client) == ("unmask", 3)
+
+
+def test_sixty_four_bit_node_ids():
+    ids = [2**64 - 1, 2**63 + 5, 7, 123456789012345678]
+    r = Round(config(n=4, t=3), ids=ids)
+    assert np.array_equal(r.finish().total, r.expected_total(ids))
