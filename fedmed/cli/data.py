@@ -12,7 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 from rich.text import Text
 
-from fedmed.data import DataError, load_sites, scan_data
 
 app = typer.Typer(help="Segmentation data: check a dataset folder; preview images and masks.", no_args_is_help=True)
 
@@ -30,6 +29,8 @@ def check(
     channel: Annotated[int, typer.Option(help="the image channel of NIfTI datasets")] = 0,
 ) -> None:
     """List every problem of a dataset at once (exit 1 if there is any, 0 if it is ready to train on)."""
+    from fedmed.data import scan_data
+
     with Progress(TextColumn("checking {task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=Console(stderr=True), transient=True) as bar:
         tasks: dict[str, TaskID] = {}
@@ -77,6 +78,8 @@ def preview(
     seed: int = 0,
 ) -> None:
     """Write a PNG: per site, a few images and the same with their masks on top."""
+    from fedmed.data import DataError, load_sites
+
     from fedmed.data.preview import save_preview
 
     options = {"num_classes": num_classes} if num_classes is not None and data == "synthetic" else {}
