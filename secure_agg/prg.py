@@ -86,7 +86,8 @@ def apply_masks(
     item = dtype.itemsize
     per_chunk = max(1, chunk_bytes // item)
     cb = per_chunk * item
-    group = min(GROUP, len(jobs))
+    batches_per_chunk = -(-len(jobs) // GROUP)
+    group = -(-len(jobs) // batches_per_chunk)  # balanced batches of at most GROUP rows
     backing = bytearray(group * cb + _SLACK)
     rows = np.frombuffer(backing, dtype=_UNSIGNED[item], count=group * per_chunk).reshape(group, per_chunk)
     view = memoryview(backing)
