@@ -1,0 +1,177 @@
+"""The site's ClientApp: one pipeline of small steps per round, the same in simulation and deployment.
+
+A train message runs, in order (each a field of `ClientHooks`, a no-op or plain default today):
+
+    (a) check_round(site, instructions)                 refuse instructions the site policy forbids
+    (b) train(model, data, train_config, site, instr)   plain local training (DP-SGD drops in here)
+        update = local - global (trainable tensors only, flat)
+    (c) check_payload(site, instructions, layout, update)   what would leave, against the policy
+    (d) protect(site, instructions, update) -> vector    masking for secure aggregation
+    (e) record(site, instructions, layout, vector)       audit entries, then the reply is sent
+
+Deployment loads `app` below; its site settings come from the SuperNode's own `--node-config`
+(`data-dir`, `policy`, `checkpoint`, `device`), which `fedmed client` sets from its command line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmed import __version__
+from fedmed.data import SiteData
+from fedmed.fl.plan import derive_seed
+from fedmed.fl.protocol import CONFIG, GLOBAL, LAYOUT_KEY, METRICS, SITE, UPDATE, Instructions
+from fedmed.fl.serde import FLAT, Layout, pack
+from fedmed.fl.site import SiteRuntime, SiteSettings, runtime_for
+from fedmed.models import SamSegmenter, load_trainable_state, trainable_state
+from fedmed.train import TrainConfig, TrainResult, evaluate, resolve_device, train_local
+
+logger = logging.getLogger("fedmed.fl.client")
+
+
+class GlobalModelError(ValueError):
+    """The global tensors a server sent do not fit the model this site built."""
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """What the hooks see of the site: its settings, data and this round's model."""
+
+    settings: SiteSettings
+    data: SiteData
+    layout: Layout
+
+
+def _plain_train(model: SamSegmenter, data: SiteData, config: TrainConfig, site: SiteContext,
+                 instructions: Instructions) -> TrainResult:
+    return train_local(model, data.train, config)
+
+
+def _nothing(*_args) -> None:
+    return None
+
+
+def _unchanged(_site: SiteContext, _instructions: Instructions, vector: np.ndarray) -> np.ndarray:
+    return vector
+
+
+@dataclass(frozen=True)
+class ClientHooks:
+    """The replaceable steps of a site's round (see the module docstring for the order)."""
+
+    check_round: Callable[[SiteContext, Instructions], None] = _nothing
+    train: Callable[[SamSegmenter, SiteData, TrainConfig, SiteContext, Instructions], TrainResult] = _plain_train
+    check_payload: Callable[[SiteContext, Instructions, Layout, np.ndarray], None] = _nothing
+    protect: Callable[[SiteContext, Instructions, np.ndarray], np.ndarray] = _unchanged
+    record: Callable[[SiteContext, Instructions, Layout, np.ndarray], None] = _nothing
+
+
+@dataclass
+class SitePipeline:
+    """The handlers of one site: `hello`, `train`, `evaluate` (message content in, content out)."""
+
+    settings: SiteSettings
+    hooks: ClientHooks = field(default_factory=ClientHooks)
+
+    @property
+    def runtime(self) -> SiteRuntime:
+        return runtime_for(self.settings)
+
+    def _prepare(self, content: RecordDict, *, own_classes: bool = False
+                 ) -> tuple[Instructions, SiteData, SamSegmenter, Layout]:
+        instructions = Instructions.from_record(content[CONFIG])
+        data = self.runtime.data(instructions.model, instructions.seed)
+        num_classes = data.num_classes if own_classes else instructions.num_classes
+        model = self.runtime.model(instructions.model, num_classes=num_classes, seed=instructions.seed)
+        return instructions, data, model, Layout.of(trainable_state(model))
+
+    def hello(self, content: RecordDict) -> RecordDict:
+        _, data, _, layout = self._prepare(content, own_classes=True)
+        return RecordDict({SITE: ConfigRecord({
+            "name": data.name, "num-train": len(data.train), "num-val": len(data.val),
+            "num-classes": data.num_classes, "layout": layout.digest, "fedmed": __version__,
+        })})
+
+    def _load_global(self, content: RecordDict, model: SamSegmenter, layout: Layout) -> np.ndarray:
+        digest = content[LAYOUT_KEY]["digest"] if LAYOUT_KEY in content else None
+        if digest != layout.digest:
+            raise GlobalModelError("the server's tensor layout differs from this site's model")
+        vector = content[GLOBAL][FLAT].numpy()
+        if vector.dtype != np.float32 or vector.shape != (layout.numel,) or not np.all(np.isfinite(vector)):
+            raise GlobalModelError(f"global vector {vector.dtype} {vector.shape} does not fit ({layout.numel},) float32")
+        load_trainable_state(model, layout.unflatten(vector))
+        return vector
+
+    def train(self, content: RecordDict) -> RecordDict:
+        instructions, data, model, layout = self._prepare(content)
+        site = SiteContext(self.settings, data, layout)
+        self.hooks.check_round(site, instructions)
+        start = self._load_global(content, model, layout)
+        config = TrainConfig(
+            epochs=instructions.local_epochs, batch_size=instructions.batch_size, lr=instructions.lr,
+            weight_decay=instructions.weight_decay, seed=derive_seed(instructions.seed, instructions.round, data.name),
+            device=self.settings.device,
+        )
+        result = self.hooks.train(model, data, config, site, instructions)
+        model.to("cpu")
+        update = layout.flatten(trainable_state(model)) - start
+        self.hooks.check_payload(site, instructions, layout, update)
+        vector = self.hooks.protect(site, instructions, update)
+        self.hooks.record(site, instructions, layout, vector)
+        logger.info("%s: round %d trained on %d samples, loss %.4f", data.name, instructions.round,
+                    len(data.train), result.loss)
+        return RecordDict({
+            UPDATE: pack(vector),
+            LAYOUT_KEY: ConfigRecord({"digest": layout.digest}),
+            METRICS: MetricRecord({"num-examples": len(data.train), "train-loss": float(result.loss),
+                                   "steps": result.steps}),
+        })
+
+    def evaluate(self, content: RecordDict) -> RecordDict:
+        instructions, data, model, layout = self._prepare(content)
+        self._load_global(content, model, layout)
+        metrics = evaluate(model, data.val, batch_size=instructions.batch_size,
+                           device=resolve_device(self.settings.device))
+        model.to("cpu")
+        return RecordDict({METRICS: MetricRecord({
+            "dice": float(metrics["dice"]), "iou": float(metrics["iou"]), "hd95": float(metrics["hd95"]),
+            "loss": float(metrics["loss"]), "num-examples": int(metrics["samples"]),
+        })})
+
+
+def settings_from_node_config(context: Context) -> SiteSettings:
+    """A deployed site's settings, from its SuperNode's `--node-config` (set by `fedmed client`)."""
+    config = context.node_config
+    data = config.get("data-dir")
+    if not data:
+        raise ValueError("this SuperNode has no 'data-dir' in its --node-config; start it with `fedmed client`")
+    return SiteSettings(
+        data=str(data), checkpoint=str(config["checkpoint"]) if config.get("checkpoint") else None,
+        policy=str(config["policy"]) if config.get("policy") else None,
+        device=str(config.get("device", "auto")), audit_dir=str(config["audit-dir"]) if config.get("audit-dir") else None,
+    )
+
+
+def make_client_app(settings_of: Callable[[Context], SiteSettings], hooks: ClientHooks | None = None) -> ClientApp:
+    """A ClientApp whose handlers run `SitePipeline` with the settings `settings_of(context)` gives."""
+    app = ClientApp()
+
+    def handler(step: str):
+        def handle(message: Message, context: Context) -> Message:
+            pipeline = SitePipeline(settings_of(context), hooks or ClientHooks())
+            return Message(getattr(pipeline, step)(message.content), reply_to=message)
+        return handle
+
+    app.query("hello")(handler("hello"))
+    app.train()(handler("train"))
+    app.evaluate()(handler("evaluate"))
+    return app
+
+
+app = make_client_app(settings_from_node_config)

@@ -1,0 +1,117 @@
+"""The run plan: everything a federated run is, fixed before round 1 and saved as `DIR/config.json`.
+
+    plan = RunPlan(model=ModelSpec(method="fedmsa"), rounds=5, out="runs/demo")
+    plan = plan_from_config(load_federation_config("federation.toml"), out="runs/x", rounds=3)
+
+The server sends each site the part it needs (`ModelSpec`, the training settings of the round);
+data paths, policies and devices never travel: each site takes them from its own command line.
+Seeds: every site, round and purpose gets its own seed derived from the run seed (`derive_seed`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedmed.config import FederationConfig
+
+Method = Literal["fedsam", "fedmsa", "flap-sam", "samed"]
+Arch = Literal["tiny", "vit_b", "vit_l", "vit_h"]
+
+# Fields that may change between a run and its resumption; any other difference is refused.
+RESUMABLE_FIELDS = frozenset({"rounds", "round_timeout", "join_timeout", "out", "min_clients"})
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Frozen):
+    """What fixes the model every party builds (sent to the sites with each round)."""
+
+    arch: Arch = "tiny"
+    method: Method = "fedmsa"
+    image_size: int | None = Field(default=None, ge=16, multiple_of=8)
+    checkpoint: str | None = Field(default=None, description="server-side path; sites use their own copy")
+    checkpoint_sha256: str | None = None
+    lora_rank: int = Field(default=4, ge=1)
+    lora_alpha: float | None = None
+    adapter_ratio: float = Field(default=0.25, gt=0, le=1)
+
+
+class RunPlan(_Frozen):
+    """A federated run: model, rounds, local training, faults, protocol variants and outputs."""
+
+    name: str = "fedmed"
+    model: ModelSpec = ModelSpec()
+    rounds: int = Field(default=5, ge=1)
+    local_epochs: int = Field(default=1, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    seed: int = 0
+    num_clients: int = Field(default=3, ge=1, description="sites expected to join")
+    min_clients: int = Field(default=2, ge=1, description="fewest sites whose update a round needs")
+    fraction_fit: float = Field(default=1.0, gt=0, le=1)
+    holdout: str | None = Field(default=None, description="site left out of training (FedFMS protocol)")
+    round_timeout: float | None = Field(default=None, gt=0, description="seconds a site has to answer")
+    join_timeout: float = Field(default=600.0, gt=0, description="seconds to wait for the sites to join")
+    secure_aggregation: dict[str, Any] = Field(default_factory=dict, description="federation.toml section")
+    privacy: dict[str, Any] = Field(default_factory=dict, description="federation.toml section")
+    out: str = "runs/fedmed"
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+    def differences(self, other: RunPlan) -> list[str]:
+        """Fields (other than the resumable ones) where `other` differs from this plan."""
+        mine, theirs = self.to_json(), other.to_json()
+        return [f"{key}: {mine[key]!r} != {theirs[key]!r}" for key in mine
+                if key not in RESUMABLE_FIELDS and mine[key] != theirs[key]]
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 31-bit seed from the run seed and labels (round, site, purpose): same everywhere, independent."""
+    text = "/".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def plan_from_config(config: FederationConfig, **overrides: Any) -> RunPlan:
+    """A plan from a validated `federation.toml`; keyword `overrides` (CLI options) win over it."""
+    fed, model = config.federation, config.model
+    checkpoint = str(model.checkpoint) if model.checkpoint else None
+    values: dict[str, Any] = {
+        "name": fed.name,
+        "model": ModelSpec(
+            arch=model.arch, method=fed.method, image_size=model.image_size, checkpoint=checkpoint,
+            checkpoint_sha256=sha256_file(checkpoint) if checkpoint else None,
+            lora_rank=model.lora_rank, lora_alpha=model.lora_alpha, adapter_ratio=model.adapter_ratio,
+        ),
+        "rounds": fed.rounds,
+        "local_epochs": fed.local_epochs,
+        "lr": fed.lr,
+        "batch_size": fed.batch_size,
+        "seed": fed.seed,
+        "num_clients": max(fed.min_clients, 1),
+        "min_clients": fed.min_clients,
+        "fraction_fit": fed.fraction_fit,
+        "secure_aggregation": config.secure_aggregation.model_dump(mode="json"),
+        "privacy": config.privacy.model_dump(mode="json"),
+    }
+    model_overrides = overrides.pop("model", None) or {}
+    if model_overrides:
+        values["model"] = ModelSpec(**{**values["model"].model_dump(), **model_overrides})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return RunPlan(**values)

@@ -1,0 +1,64 @@
+"""What server and sites say to each other: message types, record names, the round instructions.
+
+Message types (Flower's `<category>[.<action>]`):
+
+- `query.hello` server -> site: `config` {instructions}; reply `site` {name, sample counts, classes, layout}
+- `train`       server -> site: `global` (flat vector), `layout`, `config`; reply `update`, `layout`, `metrics`
+- `evaluate`    server -> site: `global`, `layout`, `config`; reply `metrics` (Dice, IoU, HD95, loss)
+
+Secure aggregation will add more `train.<stage>` exchanges within a round. Instructions travel as
+the JSON of `Instructions` in one config value, so both sides validate the same typed object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ConfigRecord, MessageType
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedmed.fl.plan import ModelSpec, RunPlan
+
+HELLO = f"{MessageType.QUERY}.hello"
+TRAIN = MessageType.TRAIN
+EVALUATE = MessageType.EVALUATE
+
+CONFIG = "config"  # ConfigRecord with "instructions" (JSON of Instructions)
+GLOBAL = "global"  # ArrayRecord: the global trainable tensors, flat
+UPDATE = "update"  # ArrayRecord: local minus global, flat
+LAYOUT_KEY = "layout"  # ConfigRecord: {"digest": Layout.digest}
+METRICS = "metrics"  # MetricRecord
+SITE = "site"  # ConfigRecord: a site's answer to hello
+
+
+class Instructions(BaseModel):
+    """What a site is asked to do in one message: everything it needs except its own data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    round: int = Field(ge=0)
+    model: ModelSpec
+    num_classes: int = Field(default=2, ge=2)
+    local_epochs: int = Field(default=1, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    seed: int = 0
+    num_clients: int = Field(default=1, ge=1, description="sites asked to train this round")
+    secure_aggregation: dict[str, Any] = Field(default_factory=dict)
+    privacy: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def for_round(cls, plan: RunPlan, round: int, *, num_classes: int, num_clients: int = 1) -> Instructions:
+        return cls(
+            round=round, model=plan.model, num_classes=num_classes, local_epochs=plan.local_epochs, lr=plan.lr,
+            batch_size=plan.batch_size, weight_decay=plan.weight_decay, seed=plan.seed, num_clients=num_clients,
+            secure_aggregation=plan.secure_aggregation, privacy=plan.privacy,
+        )
+
+    def record(self) -> ConfigRecord:
+        return ConfigRecord({"instructions": self.model_dump_json()})
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> Instructions:
+        return cls.model_validate_json(str(record["instructions"]))
