@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secure_agg import ClientSession, ConfigError, SecAggConfig, Stage, make_identities, simulate_round  # noqa: E402
+from secure_agg import ClientSession, ConfigError, Progress, SecAggConfig, Stage, make_identities, simulate_round  # noqa: E402
 from secure_agg.prg import CHUNK_BYTES, keystream_writer  # noqa: E402
 
 
@@ -187,7 +187,7 @@ def main(argv=None) -> dict:
 
     def keep_one_masking(client: int, session: ClientSession, request: bytes) -> None:
         """Keep a surviving client's state and request before it masks, to replay the stage later."""
-        if not snapshot and client not in dropouts and session.progress.value == "shared":
+        if not snapshot and client not in dropouts and session.progress is Progress.SHARED:
             snapshot.update(client=client, state=session.export_state(), request=request)
 
     client_mask, client_mask_cpu, client_encode, server_unmask, server_unmask_cpu, rounds = [], [], [], [], [], []
@@ -250,6 +250,7 @@ def main(argv=None) -> dict:
                            for s in Stage},
         "server_stage_s": {s.value: sim.server_timings[s.value] for s in Stage},
         "bytes_per_client_up": {k: v // max(1, len(survivors)) for k, v in sim.bytes_to_server.items()},
+        "bytes_per_client_down": {k: v // max(1, len(survivors)) for k, v in sim.bytes_to_clients.items()},
         "round_s": round_s,
         "max_abs_error": float(exact),
         "error_bound": n / config.scale,

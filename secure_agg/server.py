@@ -336,9 +336,9 @@ class ServerSession:
             sk = self._reconstruct(v, keys[v], "masking key")
             if crypto.agreement_public(sk) != self._keys[v].mask_pk:
                 raise self._fail(v, "the reconstructed masking key does not match its public key")
-            seeds = pairwise_keys(sk, v, {w: self._keys[w].mask_pk for w in self._nbrs[v] & u3}, b"pairwise-mask",
-                                  self.round_id)
-            for w, s in seeds.items():
+            pair_seeds = pairwise_keys(sk, v, {w: self._keys[w].mask_pk for w in self._nbrs[v] & u3},
+                                       b"pairwise-mask", self.round_id)
+            for w, s in pair_seeds.items():
                 (subtract if w < v else add).append(s)  # undo what w applied for v
         t1 = time.perf_counter()
         acc = self._acc if self._acc.size else np.zeros(self.config.vector_length, dtype=self.config.dtype)
