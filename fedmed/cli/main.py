@@ -30,3 +30,6 @@ app.add_typer(audit_app, name="audit")
 from fedmed.cli.data import app as data_app  # noqa: E402
 
 app.add_typer(data_app, name="data")
+from fedmed.cli import simulate as _simulate  # noqa: E402
+
+app.command("simulate")(_simulate.simulate)

@@ -1,7 +1,7 @@
 """The run plan: everything a federated run is, fixed before round 1 and saved as `DIR/config.json`.
 
     plan = RunPlan(model=ModelSpec(method="fedmsa"), rounds=5, out="runs/demo")
-    plan = plan_from_config(load_federation_config("federation.toml"), out="runs/x", rounds=3)
+    plan = make_plan(load_federation_config("federation.toml"), out="runs/x", rounds=3, model={"arch": "tiny"})
 
 The server sends each site the part it needs (`ModelSpec`, the training settings of the round);
 data paths, policies and devices never travel: each site takes them from its own command line.
@@ -88,30 +88,27 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def plan_from_config(config: FederationConfig, **overrides: Any) -> RunPlan:
-    """A plan from a validated `federation.toml`; keyword `overrides` (CLI options) win over it."""
-    fed, model = config.federation, config.model
-    checkpoint = str(model.checkpoint) if model.checkpoint else None
-    values: dict[str, Any] = {
-        "name": fed.name,
-        "model": ModelSpec(
-            arch=model.arch, method=fed.method, image_size=model.image_size, checkpoint=checkpoint,
-            checkpoint_sha256=sha256_file(checkpoint) if checkpoint else None,
-            lora_rank=model.lora_rank, lora_alpha=model.lora_alpha, adapter_ratio=model.adapter_ratio,
-        ),
-        "rounds": fed.rounds,
-        "local_epochs": fed.local_epochs,
-        "lr": fed.lr,
-        "batch_size": fed.batch_size,
-        "seed": fed.seed,
-        "num_clients": max(fed.min_clients, 1),
-        "min_clients": fed.min_clients,
-        "fraction_fit": fed.fraction_fit,
-        "secure_aggregation": config.secure_aggregation.model_dump(mode="json"),
-        "privacy": config.privacy.model_dump(mode="json"),
-    }
-    model_overrides = overrides.pop("model", None) or {}
-    if model_overrides:
-        values["model"] = ModelSpec(**{**values["model"].model_dump(), **model_overrides})
+def make_plan(config: FederationConfig | None = None, *, model: dict[str, Any] | None = None,
+              **overrides: Any) -> RunPlan:
+    """A plan from a validated `federation.toml` (or the defaults); `overrides` and `model` (CLI options,
+    None meaning "not given") win over it. A checkpoint gets its SHA-256, which sites check their copy by."""
+    values: dict[str, Any] = {}
+    spec: dict[str, Any] = {}
+    if config is not None:
+        fed, section = config.federation, config.model
+        spec = {"arch": section.arch, "method": fed.method, "image_size": section.image_size,
+                "checkpoint": str(section.checkpoint) if section.checkpoint else None, "lora_rank": section.lora_rank,
+                "lora_alpha": section.lora_alpha, "adapter_ratio": section.adapter_ratio}
+        values = {
+            "name": fed.name, "rounds": fed.rounds, "local_epochs": fed.local_epochs, "lr": fed.lr,
+            "batch_size": fed.batch_size, "seed": fed.seed, "min_clients": fed.min_clients,
+            "num_clients": fed.min_clients, "fraction_fit": fed.fraction_fit,
+            "secure_aggregation": config.secure_aggregation.model_dump(mode="json"),
+            "privacy": config.privacy.model_dump(mode="json"),
+        }
+    spec.update({k: v for k, v in (model or {}).items() if v is not None})
+    if spec.get("checkpoint"):
+        spec["checkpoint"] = str(Path(spec["checkpoint"]).expanduser().resolve())
+        spec["checkpoint_sha256"] = sha256_file(spec["checkpoint"])
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return RunPlan(**values)
+    return RunPlan(model=ModelSpec(**spec), **values)

@@ -111,6 +111,12 @@ class RunDir:
         record = {**kept, "name": plan.name, "plan": plan.to_json(), "status": status, "rounds": history, **extra}
         write_json(self.metrics_path, json_safe(record))
 
+    def add_to_metrics(self, **extra: Any) -> dict[str, Any]:
+        """Add top-level entries (e.g. `centralized`) to `metrics.json`; returns the whole record."""
+        record = {**self.read_metrics(), **json_safe(extra)}
+        write_json(self.metrics_path, record)
+        return record
+
     def read_metrics(self) -> dict[str, Any]:
         try:
             return json.loads(self.metrics_path.read_text())

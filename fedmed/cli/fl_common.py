@@ -1,0 +1,88 @@
+"""What `fedmed simulate` and `fedmed server` share: the plan from options and config, the report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def load_config(path: Path | None):
+    """The validated federation config, or None; a bad file exits with its problems listed."""
+    if path is None:
+        return None
+    from fedmed.config import ConfigError, load_federation_config
+
+    try:
+        return load_federation_config(path)
+    except ConfigError as error:
+        fail(str(error))
+
+
+def fail(message: str, code: int = 2):
+    import typer
+
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def warn_unapplied(plan) -> None:
+    """Secure aggregation and DP are planned for the federation but not applied by it yet."""
+    unapplied = []
+    if plan.secure_aggregation.get("enabled"):
+        unapplied.append("secure_aggregation")
+    if plan.privacy.get("mode", "none") != "none":
+        unapplied.append("privacy")
+    if unapplied:
+        console.print(f"[yellow]note:[/yellow] the config's {' and '.join(unapplied)} section is recorded in the "
+                      "plan but not applied by this version of the federation")
+
+
+def print_round(record: dict, rounds: int) -> None:
+    sites = ", ".join(f"{name} {_num(m['dice'])}" for name, m in record["sites"].items())
+    failed = f"; [yellow]left out: {', '.join(record['failed'])}[/yellow]" if record.get("failed") else ""
+    console.print(f"round {record['round']}/{rounds}: mean Dice {_num(record['mean_dice'])} ({sites}) "
+                  f"in {record.get('wall_s', 0):.0f} s{failed}")
+
+
+def _num(value, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return f"{count} B"
+
+
+def print_summary(metrics: dict, out: Path) -> None:
+    """The final round per site, bytes over the whole run, and the centralized baseline if any."""
+    rounds = metrics.get("rounds") or []
+    if not rounds:
+        console.print("no round completed")
+        return
+    last = rounds[-1]
+    table = Table(title=f"{metrics.get('name', 'run')}: after round {last['round']}")
+    for column in ("site", "Dice", "IoU", "HD95 (px)", "val loss", "status", "sent", "received"):
+        table.add_column(column, justify="left" if column in ("site", "status") else "right")
+    for name, m in last["sites"].items():
+        sent = sum(r["sites"].get(name, {}).get("bytes_sent", 0) for r in rounds)
+        received = sum(r["sites"].get(name, {}).get("bytes_received", 0) for r in rounds)
+        table.add_row(name, _num(m["dice"]), _num(m["iou"]), _num(m["hd95"], 1), _num(m["loss"]), m["status"],
+                      _size(sent), _size(received))
+    table.add_row("mean", _num(last["mean_dice"]), _num(last.get("mean_iou")), "", "", "", "", "", style="bold")
+    centralized = metrics.get("centralized")
+    if centralized:
+        table.add_row("centralized", _num(centralized["dice"]),
+                      _num(centralized["iou"]), _num(centralized["hd95"], 1), "", "", "", "", style="cyan")
+    console.print(table)
+    first = rounds[0]
+    console.print(f"mean Dice {_num(first['mean_dice'])} after round 1 -> {_num(last['mean_dice'])} after round "
+                  f"{last['round']}" + (f"; held-out {metrics['plan']['holdout']}: {_num(last.get('holdout_dice'))}"
+                                        if last.get("holdout_dice") is not None else ""))
+    console.print(f"wrote {out / 'metrics.json'}, {out / 'dice.png'}, {out / 'final.pt'}")

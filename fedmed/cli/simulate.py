@@ -1,0 +1,111 @@
+"""`fedmed simulate`: a whole federation in one process tree on Flower's simulation engine (Ray).
+
+With no arguments: 3 synthetic sites, the tiny SAM, FedMSA, 5 rounds of 1 local epoch. Writes
+`DIR/metrics.json`, `DIR/dice.png`, `DIR/checkpoints/round_<r>.pt`, `DIR/final.pt`, `DIR/config.json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedmed.cli.fl_common import console, fail, load_config, print_round, print_summary, warn_unapplied
+
+
+def simulate(
+    method: Optional[str] = typer.Option(None, help="fedsam, fedmsa, flap-sam or samed [default: fedmsa]"),
+    rounds: Optional[int] = typer.Option(None, min=1, help="federated rounds [default: 5]"),
+    clients: Optional[int] = typer.Option(None, min=1, help="sites [default: 3 synthetic, or one per site folder]"),
+    local_epochs: Optional[int] = typer.Option(None, min=1, help="epochs over its data per site and round [1]"),
+    data: str = typer.Option("synthetic", help="'synthetic' or a folder (one dataset, or one subfolder per site)"),
+    arch: Optional[str] = typer.Option(None, help="tiny, vit_b, vit_l or vit_h [default: tiny]"),
+    checkpoint: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="SAM/MedSAM .pth to start from"),
+    image_size: Optional[int] = typer.Option(None, help="input size in px [default: the preset's]"),
+    config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                          help="federation.toml; options given here override it"),
+    out: Optional[Path] = typer.Option(None, help="run directory [default: runs/<name>/]"),
+    name: Optional[str] = typer.Option(None, help="run name [default: <method>-<arch>, or the config's]"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last completed round"),
+    holdout: Optional[str] = typer.Option(None, help="leave this site out of training, evaluate it (FedFMS)"),
+    compare_centralized: bool = typer.Option(False, "--compare-centralized",
+                                             help="also train on the union of the sites, same budget"),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate [default: 3e-3]"),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="[default: 8]"),
+    seed: Optional[int] = typer.Option(None, help="run seed [default: 0]"),
+    min_clients: Optional[int] = typer.Option(None, min=1, help="fewest accepted updates a round needs [2]"),
+    round_timeout: Optional[float] = typer.Option(None, help="seconds a site has to answer [no limit]"),
+    samples_per_site: Optional[int] = typer.Option(None, min=2, help="synthetic pictures per site [80]"),
+    cpus_per_site: Optional[int] = typer.Option(None, min=1, help="CPUs of each Ray actor [CPUs / sites]"),
+    verbose: bool = typer.Option(False, "--verbose", help="Flower's and Ray's logs too"),
+) -> None:
+    """Simulate a federation of hospitals on one machine (Flower simulation engine)."""
+    from fedmed.fl.plan import make_plan
+
+    federation = load_config(config)
+    plan_name = name or (federation.federation.name if federation else None)
+    model = {"method": method, "arch": arch, "image_size": image_size,
+             "checkpoint": str(checkpoint) if checkpoint else None}
+    try:
+        plan = make_plan(federation, model=model, rounds=rounds, local_epochs=local_epochs, lr=lr,
+                         batch_size=batch_size, seed=seed, min_clients=min_clients, round_timeout=round_timeout,
+                         holdout=holdout)
+    except ValueError as error:
+        fail(str(error))
+    plan_name = plan_name or f"{plan.model.method}-{plan.model.arch}"
+    sites = _sites(data, clients, samples_per_site)
+    if min_clients is None and federation is None:  # the default: 2, or fewer if fewer sites train
+        min_clients = max(1, min(2, len(sites) - (1 if plan.holdout else 0)))
+    plan = plan.model_copy(update={"name": plan_name, "out": str(out or Path("runs") / plan_name),
+                                   "num_clients": len(sites), "min_clients": min_clients or plan.min_clients})
+    warn_unapplied(plan)
+    run_dir = Path(plan.out)
+    console.print(f"simulating {plan.name}: {len(sites)} sites, {plan.model.method} on {plan.model.arch}, "
+                  f"{plan.rounds} rounds -> {run_dir}")
+    metrics = _run(plan, sites, resume=resume, cpus_per_site=cpus_per_site, verbose=verbose)
+    if compare_centralized:
+        metrics = _centralized(plan, sites, run_dir)
+    from fedmed.fl.plots import save_dice_plot
+
+    save_dice_plot(metrics, run_dir / "dice.png")
+    print_summary(metrics, run_dir)
+
+
+def _sites(data: str, clients: int | None, samples_per_site: int | None):
+    from fedmed.data import scan_data
+    from fedmed.fl.site import SiteSettings
+
+    if data == "synthetic":
+        count = clients or 3
+        return [SiteSettings(partition=k, num_sites=count, samples_per_site=samples_per_site) for k in range(count)]
+    scan = scan_data(Path(data))
+    if scan.problems:
+        fail("the data has problems:\n" + "\n".join(f"  - {p}" for p in scan.problems))
+    if clients is not None and clients != len(scan.sites):
+        fail(f"{data} holds {len(scan.sites)} sites ({', '.join(s.name for s in scan.sites)}), not {clients}")
+    return [SiteSettings(data=str(Path(data).resolve()), partition=k) for k in range(len(scan.sites))]
+
+
+def _run(plan, sites, *, resume: bool, cpus_per_site: int | None, verbose: bool) -> dict:
+    from fedmed.fl.rounds import FederationError
+    from fedmed.fl.simulation import simulate as run_simulation
+    from fedmed.fl.state import RunStateError
+
+    try:
+        return run_simulation(plan, sites, resume=resume, on_round=lambda r: print_round(r, plan.rounds),
+                              cpus_per_site=cpus_per_site, verbose=verbose)
+    except (FederationError, RunStateError) as error:
+        fail(f"{error}\n(the last completed round's checkpoint is in {Path(plan.out) / 'checkpoints'}; "
+             "fix the cause and run again with --resume)" if "round" in str(error) else str(error), code=1)
+
+
+def _centralized(plan, sites, run_dir: Path) -> dict:
+    from fedmed.fl.baseline import centralized_baseline
+    from fedmed.fl.site import image_size_of, load_site_data
+    from fedmed.fl.state import RunDir
+
+    console.print(f"centralized baseline: {plan.rounds * plan.local_epochs} epochs on the union of the sites")
+    data = [load_site_data(s, image_size=image_size_of(plan.model), seed=plan.seed) for s in sites]
+    result = centralized_baseline(plan, data, run_dir / "centralized")
+    return RunDir(run_dir).add_to_metrics(centralized=result)
