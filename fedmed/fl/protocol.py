@@ -2,12 +2,16 @@
 
 Message types (Flower's `<category>[.<action>]`):
 
-- `query.hello` server -> site: `config` {instructions}; reply `site` {name, sample counts, classes, layout}
+- `query.hello` server -> site: `config` {instructions}; reply `site` {name, sample counts, classes, layout,
+  identity (public key, if enrolled)}
 - `train`       server -> site: `global` (flat vector), `layout`, `config`; reply `update`, `layout`, `metrics`
 - `evaluate`    server -> site: `global`, `layout`, `config`; reply `metrics` (Dice, IoU, HD95, loss)
+- `query.secagg` server -> site: `secagg` (a secure_agg message), `secagg-round` with the setup; reply `secagg`
 
-Secure aggregation will add more `train.<stage>` exchanges within a round. Instructions travel as
-the JSON of `Instructions` in one config value, so both sides validate the same typed object.
+With secure aggregation the train message also carries `secagg` (the site's forwarded shares) and
+the reply carries `secagg` (the masked input) instead of `update` (see `fedmed.fl.secure_client`).
+Instructions travel as the JSON of `Instructions` in one config value, so both sides validate the
+same typed object.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from fedmed.fl.plan import ModelSpec, RunPlan
 HELLO = f"{MessageType.QUERY}.hello"
 TRAIN = MessageType.TRAIN
 EVALUATE = MessageType.EVALUATE
+SECAGG = f"{MessageType.QUERY}.secagg"
 
 CONFIG = "config"  # ConfigRecord with "instructions" (JSON of Instructions)
 GLOBAL = "global"  # ArrayRecord: the global trainable tensors, flat
@@ -29,6 +34,8 @@ UPDATE = "update"  # ArrayRecord: local minus global, flat
 LAYOUT_KEY = "layout"  # ConfigRecord: {"digest": Layout.digest}
 METRICS = "metrics"  # MetricRecord
 SITE = "site"  # ConfigRecord: a site's answer to hello
+SECAGG_KEY = "secagg"  # ArrayRecord: one secure_agg wire message as uint8 bytes
+SECAGG_ROUND = "secagg-round"  # ConfigRecord with the setup: {round, max-weight, roster (digest)}
 
 
 class Instructions(BaseModel):
