@@ -32,6 +32,8 @@ class SiteSettings:
     policy: str | None = None
     device: str = "auto"
     audit_dir: str | None = None
+    identity: str | None = None  # the site's Ed25519 identity key file (secure aggregation)
+    roster: str | None = None  # the enrolment roster file it trusts (fedmed.fl.enrolment)
 
 
 def model_config(spec: ModelSpec, *, num_classes: int, seed: int, checkpoint: str | None = None) -> ModelConfig:
