@@ -60,7 +60,8 @@ class RunPlan(_Frozen):
     holdout: str | None = Field(default=None, description="site left out of training (FedFMS protocol)")
     round_timeout: float | None = Field(default=None, gt=0, description="seconds a site has to answer")
     join_timeout: float = Field(default=600.0, gt=0, description="seconds to wait for the sites to join")
-    secure_aggregation: dict[str, Any] = Field(default_factory=dict, description="federation.toml section")
+    secure_aggregation: dict[str, Any] = Field(default_factory=dict, description="federation.toml section; {} is off")
+    roster: str | None = Field(default=None, description="server-side path of the enrolment roster (secure aggregation)")
     privacy: dict[str, Any] = Field(default_factory=dict, description="federation.toml section")
     out: str = "runs/fedmed"
 
