@@ -1,0 +1,57 @@
+"""Differential privacy for a site's local training, with a budget that never resets.
+
+- sample-level DP (DP-SGD, `mode="sample"`): per-sample gradients of exactly the method's trainable
+  tensors (whole-model vmap, see `per_sample`), Opacus's Poisson sampling, clipping and noise;
+- client-level DP (`mode="client"`): the round's whole update clipped and noised (`client_dp`);
+- the site's `PrivacyLedger`: Opacus's accountant history persisted in the site's state directory,
+  composed over every round and restart; a round that would exceed the budget is declined before
+  it trains (`BudgetExceededError`).
+
+docs/privacy.md says which guarantee each mode gives.
+"""
+
+from fedmed.privacy.accounting import ACCOUNTANTS, UnknownAccountantError, epsilon_of, merge_history, noise_for_target
+from fedmed.privacy.client_dp import clip_update, privatize_update, update_norm
+from fedmed.privacy.config import DPConfig, RoundPlan, plan_round, sampling
+from fedmed.privacy.dp_sgd import DPSGD, FedmedDPOptimizer, train_dp_sgd
+from fedmed.privacy.ledger import (
+    LEDGER_FILE,
+    BudgetExceededError,
+    LedgerError,
+    LedgerMismatchError,
+    PrivacyLedger,
+    PrivacyReport,
+)
+from fedmed.privacy.noise import GaussianNoise
+from fedmed.privacy.per_sample import PerSampleGradients, dense_forward
+from fedmed.privacy.train import dp_train_local, round_plan, site_ledger
+
+__all__ = [
+    "ACCOUNTANTS",
+    "DPSGD",
+    "LEDGER_FILE",
+    "BudgetExceededError",
+    "DPConfig",
+    "FedmedDPOptimizer",
+    "GaussianNoise",
+    "LedgerError",
+    "LedgerMismatchError",
+    "PerSampleGradients",
+    "PrivacyLedger",
+    "PrivacyReport",
+    "RoundPlan",
+    "UnknownAccountantError",
+    "clip_update",
+    "dense_forward",
+    "dp_train_local",
+    "epsilon_of",
+    "merge_history",
+    "noise_for_target",
+    "plan_round",
+    "privatize_update",
+    "round_plan",
+    "sampling",
+    "site_ledger",
+    "train_dp_sgd",
+    "update_norm",
+]
