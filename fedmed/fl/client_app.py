@@ -6,11 +6,17 @@ A train message runs, in order (each a field of `ClientHooks`, a no-op or plain 
     (b) train(model, data, train_config, site, instr)   plain local training (DP-SGD drops in here)
         update = local - global (trainable tensors only, flat)
     (c) check_payload(site, instructions, layout, update)   what would leave, against the policy
-    (d) protect(site, instructions, update) -> vector    masking for secure aggregation
-    (e) record(site, instructions, layout, vector)       audit entries, then the reply is sent
+    (d) protect(site, instructions, update) -> vector    the last change to the update before it is sealed
+        seal: a plain round sends `vector`; a secure round packs it with its weight and masks it
+        (`fedmed.fl.secure_client`); `sent` is what leaves: the float32 vector, or the masked words
+    (e) record(site, instructions, layout, sent)         audit entries, then the reply is sent
+
+`query.secagg` messages run the other stages of secure aggregation (`SitePipeline.secagg`); the
+site's SecAgg config is checked by `check_secure_config(settings, config)` before it takes part.
 
 Deployment loads `app` below; its site settings come from the SuperNode's own `--node-config`
-(`data-dir`, `policy`, `checkpoint`, `device`), which `fedmed client` sets from its command line.
+(`data-dir`, `policy`, `checkpoint`, `device`, `identity-key`, `roster`), which `fedmed client` sets
+from its command line.
 """
 
 from __future__ import annotations
@@ -20,17 +26,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmed import __version__
 from fedmed.data import SiteData
 from fedmed.fl.plan import derive_seed
 from fedmed.fl.protocol import CONFIG, GLOBAL, LAYOUT_KEY, METRICS, SITE, UPDATE, Instructions
+from fedmed.fl.secure_client import Seal, handle_stage, hello_fields, secure_seal
 from fedmed.fl.serde import FLAT, Layout, pack
 from fedmed.fl.site import SiteRuntime, SiteSettings, runtime_for
 from fedmed.models import SamSegmenter, load_trainable_state, trainable_state
 from fedmed.train import TrainConfig, TrainResult, evaluate, resolve_device, train_local
+from secure_agg import SecAggConfig
 
 logger = logging.getLogger("fedmed.fl.client")
 
@@ -61,6 +69,11 @@ def _unchanged(_site: SiteContext, _instructions: Instructions, vector: np.ndarr
     return vector
 
 
+def _plain_seal(_site: SiteContext, _instructions: Instructions,
+                vector: np.ndarray) -> tuple[str, ArrayRecord, np.ndarray]:
+    return UPDATE, pack(vector), vector
+
+
 @dataclass(frozen=True)
 class ClientHooks:
     """The replaceable steps of a site's round (see the module docstring for the order)."""
@@ -70,6 +83,7 @@ class ClientHooks:
     check_payload: Callable[[SiteContext, Instructions, Layout, np.ndarray], None] = _nothing
     protect: Callable[[SiteContext, Instructions, np.ndarray], np.ndarray] = _unchanged
     record: Callable[[SiteContext, Instructions, Layout, np.ndarray], None] = _nothing
+    check_secure_config: Callable[[SiteSettings, SecAggConfig], None] = _nothing
 
 
 @dataclass
@@ -78,6 +92,7 @@ class SitePipeline:
 
     settings: SiteSettings
     hooks: ClientHooks = field(default_factory=ClientHooks)
+    context: Context | None = None  # the node's Context: keeps a secure-aggregation session between messages
 
     @property
     def runtime(self) -> SiteRuntime:
@@ -96,7 +111,11 @@ class SitePipeline:
         return RecordDict({SITE: ConfigRecord({
             "name": data.name, "num-train": len(data.train), "num-val": len(data.val),
             "num-classes": data.num_classes, "layout": layout.digest, "fedmed": __version__,
+            **hello_fields(self.settings),
         })})
+
+    def secagg(self, content: RecordDict) -> RecordDict:
+        return handle_stage(self.settings, self.hooks.check_secure_config, content, self.context)
 
     def _load_global(self, content: RecordDict, model: SamSegmenter, layout: Layout) -> np.ndarray:
         digest = content[LAYOUT_KEY]["digest"] if LAYOUT_KEY in content else None
@@ -112,6 +131,7 @@ class SitePipeline:
         instructions, data, model, layout = self._prepare(content)
         site = SiteContext(self.settings, data, layout)
         self.hooks.check_round(site, instructions)
+        seal: Seal = secure_seal(self.settings, content, self.context, instructions) or _plain_seal
         start = self._load_global(content, model, layout)
         config = TrainConfig(
             epochs=instructions.local_epochs, batch_size=instructions.batch_size, lr=instructions.lr,
@@ -123,11 +143,12 @@ class SitePipeline:
         update = layout.flatten(trainable_state(model)) - start
         self.hooks.check_payload(site, instructions, layout, update)
         vector = self.hooks.protect(site, instructions, update)
-        self.hooks.record(site, instructions, layout, vector)
+        key, payload, sent = seal(site, instructions, vector)
+        self.hooks.record(site, instructions, layout, sent)
         logger.info("%s: round %d trained on %d samples, loss %.4f", data.name, instructions.round,
                     len(data.train), result.loss)
         return RecordDict({
-            UPDATE: pack(vector),
+            key: payload,
             LAYOUT_KEY: ConfigRecord({"digest": layout.digest}),
             METRICS: MetricRecord({"num-examples": len(data.train), "train-loss": float(result.loss),
                                    "steps": result.steps}),
@@ -155,6 +176,8 @@ def settings_from_node_config(context: Context) -> SiteSettings:
         data=str(data), checkpoint=str(config["checkpoint"]) if config.get("checkpoint") else None,
         policy=str(config["policy"]) if config.get("policy") else None,
         device=str(config.get("device", "auto")), audit_dir=str(config["audit-dir"]) if config.get("audit-dir") else None,
+        identity=str(config["identity-key"]) if config.get("identity-key") else None,
+        roster=str(config["roster"]) if config.get("roster") else None,
     )
 
 
@@ -164,11 +187,12 @@ def make_client_app(settings_of: Callable[[Context], SiteSettings], hooks: Clien
 
     def handler(step: str):
         def handle(message: Message, context: Context) -> Message:
-            pipeline = SitePipeline(settings_of(context), hooks or ClientHooks())
+            pipeline = SitePipeline(settings_of(context), hooks or ClientHooks(), context)
             return Message(getattr(pipeline, step)(message.content), reply_to=message)
         return handle
 
     app.query("hello")(handler("hello"))
+    app.query("secagg")(handler("secagg"))
     app.train()(handler("train"))
     app.evaluate()(handler("evaluate"))
     return app
