@@ -6,7 +6,8 @@ The same loop runs in the simulation engine, in a deployment and in-process in t
 2. per round: send the global vector to the training sites (all but `--holdout`), check every reply
    (`fedmed.fl.validate`), average the accepted updates weighted by training samples, move the
    global vector; a round with fewer than `min_clients` accepted updates fails with every reason
-   and leaves the last checkpoint as it was;
+   and leaves the last checkpoint as it was. With secure aggregation (the plan's section) the
+   sites' updates are masked and only their weighted sum is unmasked (`fedmed.fl.secure_server`);
 3. evaluate the new global model on every site's validation split; checkpoint it with the metrics.
 
 Bytes are the serialized size of each message, counted per round and site in both directions.
@@ -18,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -53,6 +54,7 @@ class SiteInfo:
     num_val: int
     num_classes: int
     layout: str
+    identity: str = ""  # Ed25519 public key (hex) for secure aggregation, if the site has one
 
 
 @dataclass
@@ -65,6 +67,17 @@ class Exchange:
     sent: dict[str, int]  # bytes a site sent (site -> server)
 
 
+@dataclass
+class TrainOutcome:
+    """The training step of a round: the mean update and what the round record needs."""
+
+    mean: np.ndarray  # sample-weighted mean update, float32
+    train: Exchange  # the train messages (replies with metrics, bytes)
+    samples: dict[str, int]  # sites whose update is in the mean -> training samples
+    failures: dict[str, str]  # chosen sites whose update is not -> why
+    details: dict = field(default_factory=dict)  # secure aggregation: survivors, error bound, bytes, ...
+
+
 class Federation:
     """One run of `plan` over `grid`; `run()` returns the final metrics record."""
 
@@ -73,6 +86,9 @@ class Federation:
         self.grid, self.plan, self.resume, self.on_round, self.poll_s = grid, plan, resume, on_round, poll_s
         self.run_dir = RunDir(plan.out)
         self.sites: dict[str, SiteInfo] = {}
+        from fedmed.fl.secure_server import SecureAggregation  # it builds on this module
+
+        self.secure = SecureAggregation.from_plan(plan)
 
     # ---- talking to sites -------------------------------------------------------------------
     def exchange(self, message_type: str, contents: dict[str, RecordDict], round: int,
@@ -129,7 +145,7 @@ class Federation:
         for node, content in exchange.replies.items():
             record = content[SITE]
             sites.append(SiteInfo(int(node), str(record["name"]), int(record["num-train"]), int(record["num-val"]),
-                                  int(record["num-classes"]), str(record["layout"])))
+                                  int(record["num-classes"]), str(record["layout"]), str(record.get("identity", ""))))
         names = [s.name for s in sites]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -156,6 +172,8 @@ class Federation:
         for site in [s for s in self.sites.values() if s.layout != self.layout.digest]:
             logger.warning("%s builds a different model (layout %s...); it is left out", site.name, site.layout[:12])
             del self.sites[site.name]
+        if self.secure is not None:
+            self.secure.admit(self.sites)
         trainers = self._trainers()
         vector = self.layout.flatten(saved if saved is not None else tensors)
         if last:
@@ -204,6 +222,22 @@ class Federation:
         chosen = self._choose(trainers, round)
         instructions = Instructions.for_round(plan, round, num_classes=num_classes, num_clients=len(chosen))
         content = self._content(instructions, vector)
+        if self.secure is not None:
+            outcome = self.secure.train(self, round, chosen, content)
+        else:
+            outcome = self._plain_train(round, chosen, content)
+        vector = apply_update(vector, outcome.mean)
+        evaluation = self.exchange(EVALUATE, {name: self._content(instructions, vector) for name in self.sites}, round)
+        record = self._record(round, chosen, outcome.train, outcome.samples, outcome.failures, evaluation)
+        if self.secure is not None:
+            self.secure.annotate(record, outcome)
+        else:
+            record["secure_aggregation"] = False
+        return vector, record
+
+    def _plain_train(self, round: int, chosen: list[str], content: RecordDict) -> TrainOutcome:
+        """Send `content` to the chosen sites, check their updates, average the accepted ones."""
+        plan = self.plan
         train = self.exchange(TRAIN, {name: content for name in chosen}, round)
         updates, failures = {}, dict(train.failures)
         for name, reply in sorted(train.replies.items()):
@@ -218,11 +252,10 @@ class Federation:
                 f"round {round} failed: {len(updates)} of {len(chosen)} sites sent a usable update, "
                 f"{plan.min_clients} needed; " + "; ".join(f"{n}: {r}" for n, r in sorted(failures.items()))
             )
-        vector = apply_update(vector, weighted_mean(updates))
-        evaluation = self.exchange(EVALUATE, {name: self._content(instructions, vector) for name in self.sites}, round)
-        return vector, self._record(round, chosen, train, updates, failures, evaluation)
+        samples = {name: weight for name, (_, weight) in updates.items()}
+        return TrainOutcome(weighted_mean(updates), train, samples, failures)
 
-    def _record(self, round: int, chosen: list[str], train: Exchange, updates: dict, failures: dict,
+    def _record(self, round: int, chosen: list[str], train: Exchange, samples: dict[str, int], failures: dict,
                 evaluation: Exchange) -> dict:
         sites = {}
         for name in self.sites:
@@ -232,9 +265,9 @@ class Federation:
                 "dice": metrics.get("dice", math.nan), "iou": metrics.get("iou", math.nan),
                 "hd95": metrics.get("hd95", math.nan), "loss": metrics.get("loss", math.nan),
                 "samples": int(metrics.get("num-examples", 0)),
-                "train_loss": train_metrics.get("train-loss") if name in updates else None,
-                "train_samples": updates[name][1] if name in updates else 0,
-                "status": ("trained" if name in updates else "failed" if name in failures
+                "train_loss": train_metrics.get("train-loss") if name in samples else None,
+                "train_samples": samples.get(name, 0),
+                "status": ("trained" if name in samples else "failed" if name in failures
                            else "holdout" if name == self.plan.holdout else "not chosen"),
                 "error": failures.get(name) or evaluation.failures.get(name),
                 "bytes_received": train.received.get(name, 0) + evaluation.received.get(name, 0),
@@ -248,7 +281,7 @@ class Federation:
             "round": round,
             "mean_dice": mean_over_sites(training, "dice") if training else math.nan,
             "mean_iou": mean_over_sites(training, "iou") if training else math.nan,
-            "trained": sorted(updates),
+            "trained": sorted(samples),
             "failed": dict(sorted(failures.items())),
             "sites": sites,
         }
