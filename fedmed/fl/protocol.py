@@ -10,6 +10,8 @@ Message types (Flower's `<category>[.<action>]`):
 
 With secure aggregation the train message also carries `secagg` (the site's forwarded shares) and
 the reply carries `secagg` (the masked input) instead of `update` (see `fedmed.fl.secure_client`).
+A site that declines a round (its policy, its privacy budget) answers the train message with a
+`refusal` record {reason, policy, violations} instead of an update (`RoundRefused`).
 Instructions travel as the JSON of `Instructions` in one config value, so both sides validate the
 same typed object.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import ConfigRecord, MessageType
+from flwr.app import ConfigRecord, MessageType, RecordDict
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedmed.fl.plan import ModelSpec, RunPlan
@@ -36,6 +38,26 @@ METRICS = "metrics"  # MetricRecord
 SITE = "site"  # ConfigRecord: a site's answer to hello
 SECAGG_KEY = "secagg"  # ArrayRecord: one secure_agg wire message as uint8 bytes
 SECAGG_ROUND = "secagg-round"  # ConfigRecord with the setup: {round, max-weight, roster (digest)}
+REFUSAL = "refusal"  # ConfigRecord: a site declines the round {reason, policy, violations}
+
+
+class RoundRefused(Exception):
+    """A site declines a round before training (or withholds an update); the reply says why."""
+
+    def __init__(self, reason: str, *, violations: list[str] | tuple[str, ...] = (), policy: str | None = None):
+        super().__init__(reason)
+        self.reason, self.violations, self.policy = reason, list(violations), policy
+
+    def record(self) -> ConfigRecord:
+        return ConfigRecord({"reason": self.reason, "policy": self.policy or "", "violations": self.violations})
+
+
+def refusal_reason(content: RecordDict) -> str | None:
+    """The reason of a site's refusal reply, or None when the reply is no refusal."""
+    record = content.get(REFUSAL) if isinstance(content, RecordDict) else None
+    if record is None:
+        return None
+    return str(record.get("reason", "no reason given")) if isinstance(record, ConfigRecord) else "a malformed refusal"
 
 
 class Instructions(BaseModel):
@@ -52,6 +74,7 @@ class Instructions(BaseModel):
     weight_decay: float = Field(default=1e-4, ge=0)
     seed: int = 0
     num_clients: int = Field(default=1, ge=1, description="sites asked to train this round")
+    rounds: int = Field(default=1, ge=1, description="rounds the run plans (DP noise is calibrated over them)")
     secure_aggregation: dict[str, Any] = Field(default_factory=dict)
     privacy: dict[str, Any] = Field(default_factory=dict)
 
@@ -60,7 +83,7 @@ class Instructions(BaseModel):
         return cls(
             round=round, model=plan.model, num_classes=num_classes, local_epochs=plan.local_epochs, lr=plan.lr,
             batch_size=plan.batch_size, weight_decay=plan.weight_decay, seed=plan.seed, num_clients=num_clients,
-            secure_aggregation=plan.secure_aggregation, privacy=plan.privacy,
+            rounds=plan.rounds, secure_aggregation=plan.secure_aggregation, privacy=plan.privacy,
         )
 
     def record(self) -> ConfigRecord:
