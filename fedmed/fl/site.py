@@ -34,6 +34,10 @@ class SiteSettings:
     audit_dir: str | None = None
     identity: str | None = None  # the site's Ed25519 identity key file (secure aggregation)
     roster: str | None = None  # the enrolment roster file it trusts (fedmed.fl.enrolment)
+    state_dir: str | None = None  # private: <state_dir>/<site>/ holds its privacy ledger and audit key
+    server_address: str | None = None  # the server as this site dialled it (its policy's allowlist)
+    server_tls: bool | None = None  # whether that connection is TLS (None: in-process, no transport)
+    server_certificate_sha256: str | None = None  # the certificate its TLS handshake presented
 
 
 def model_config(spec: ModelSpec, *, num_classes: int, seed: int, checkpoint: str | None = None) -> ModelConfig:
