@@ -26,7 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedmed.fl.enrolment import Roster, load_identity
-from fedmed.fl.protocol import SECAGG_KEY, SECAGG_ROUND
+from fedmed.fl.protocol import SECAGG_KEY, SECAGG_ROUND, RoundRefused
 from secure_agg import ClientSession, KeyPair, SecAggConfig, pack_weighted, parse
 from secure_agg.messages import MaskedInput, Setup, SharesForward
 
@@ -43,8 +43,8 @@ MESSAGE = "message"  # the one array of a stage record: the secure_agg wire byte
 Seal = Callable[["SiteContext", "Instructions", np.ndarray], "tuple[str, ArrayRecord, np.ndarray]"]
 
 
-class SecureRoundRefused(RuntimeError):
-    """The site will not take part in a secure round as asked; says why."""
+class SecureRoundRefused(RoundRefused):
+    """The site will not take part in a secure round as asked (its reply is a refusal saying why)."""
 
 
 def stage_record(data: bytes) -> ArrayRecord:
@@ -75,7 +75,8 @@ class Enrolment:
         identity, roster = load_identity(settings.identity), Roster.load(settings.roster)
         client_id = roster.id_of(identity.public)
         if client_id is None:
-            raise SecureRoundRefused(f"{settings.identity}: this site's public key is not in the roster {settings.roster}")
+            raise SecureRoundRefused(f"{settings.identity}: this site's public key is not in the roster "
+                                     f"{settings.roster}")
         return cls(identity, roster, client_id)
 
 

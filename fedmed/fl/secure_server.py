@@ -29,13 +29,20 @@ from flwr.app import ConfigRecord, RecordDict
 from fedmed.config import SecureAggregationSection
 from fedmed.fl.enrolment import EnrolmentError, Roster
 from fedmed.fl.plan import RunPlan
-from fedmed.fl.protocol import METRICS, SECAGG, SECAGG_KEY, SECAGG_ROUND, TRAIN
+from fedmed.fl.protocol import METRICS, SECAGG, SECAGG_KEY, SECAGG_ROUND, TRAIN, refusal_reason
 from fedmed.fl.rounds import Federation, FederationError, RoundFailed, SiteInfo, TrainOutcome
 from fedmed.fl.secure_client import SecureRoundRefused, stage_bytes, stage_record
 from fedmed.fl.secure_config import mean_error_bound, round_config, secure_section
 from secure_agg import ConfigError, ProtocolError, ServerSession, Stage, unpack_weighted
 
 logger = logging.getLogger("fedmed.fl.server")
+
+
+def _samples(reply: RecordDict | None) -> int:
+    """The training samples a site reports in its train reply (0 if it reports none)."""
+    metrics = reply.get(METRICS) if isinstance(reply, RecordDict) else None
+    value = metrics.get("num-examples") if metrics is not None else None
+    return int(value) if isinstance(value, (int, float)) and value >= 0 else 0
 
 
 class SecureAggregation:
@@ -106,6 +113,10 @@ class SecureAggregation:
             for name, reason in exchange.failures.items():
                 failures.setdefault(name, f"{stage.value}: {reason}")
             for name, reply in sorted(exchange.replies.items()):
+                refused = refusal_reason(reply)
+                if refused is not None:
+                    failures.setdefault(name, f"{stage.value}: refused: {refused}")
+                    continue
                 try:
                     session.receive(stage_bytes(reply, f"{name}'s reply"))
                 except (ProtocolError, SecureRoundRefused) as error:
@@ -127,12 +138,18 @@ class SecureAggregation:
                               f"{federation.plan.min_clients} needed; "
                               + "; ".join(f"{n}: {r}" for n, r in sorted(failures.items())))
         mean, weight = unpack_weighted(result.total, max_weight=max_weight, clip=config.clip)
-        samples = {name: int(train.replies[name][METRICS]["num-examples"]) for name in survivors}
+        weight = float(weight)  # plain floats: the round record goes into checkpoints (torch weights_only)
+        samples = {name: _samples(train.replies.get(name)) for name in survivors}
         slack = len(names) * max_weight / (config.clip * config.scale)
         if abs(weight - sum(samples.values())) > slack + 1e-6:
             logger.warning("round %d: the sites report %d training samples, their masked weights sum to %.1f",
                            round, sum(samples.values()), weight)
         late = {name: failures.pop(name) for name in survivors if name in failures}
+        for name, reason in sorted(failures.items()):
+            logger.warning("round %d: %s left out: %s", round, name, reason)
+        for name, reason in sorted(late.items()):
+            logger.warning("round %d: %s dropped out after sending its masked update (%s); it is in the sum",
+                           round, name, reason)
         mean = mean.astype(np.float32)
         bound = mean_error_bound(config, weight_fraction=weight / max_weight,
                                  max_abs_mean=float(np.abs(mean).max(initial=0.0)))
