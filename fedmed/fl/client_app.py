@@ -9,7 +9,11 @@ A train message runs, in order (each a field of `ClientHooks`, a no-op or plain 
     (d) protect(site, instructions, update) -> vector    the last change to the update before it is sealed
         seal: a plain round sends `vector`; a secure round packs it with its weight and masks it
         (`fedmed.fl.secure_client`); `sent` is what leaves: the float32 vector, or the masked words
-    (e) record(site, instructions, layout, sent)         audit entries, then the reply is sent
+    (e) record(site, instructions, layout, sent)         privacy budget entries; extra reply metrics (epsilon)
+    (f) finish(pipeline, content, reply, error)          after every message: its audit entries, then the reply
+
+A hook may raise `RoundRefused` to decline the round: the reply is then a `refusal` record saying why.
+The default hooks are every fedmed site's (`fedmed.fl.site_hooks`: policy, DP, audit log).
 
 `query.secagg` messages run the other stages of secure aggregation (`SitePipeline.secagg`); the
 site's SecAgg config is checked by `check_secure_config(settings, config)` before it takes part.
@@ -32,7 +36,7 @@ from flwr.clientapp import ClientApp
 from fedmed import __version__
 from fedmed.data import SiteData
 from fedmed.fl.plan import derive_seed
-from fedmed.fl.protocol import CONFIG, GLOBAL, LAYOUT_KEY, METRICS, SITE, UPDATE, Instructions
+from fedmed.fl.protocol import CONFIG, GLOBAL, LAYOUT_KEY, METRICS, REFUSAL, SITE, UPDATE, Instructions, RoundRefused
 from fedmed.fl.secure_client import Seal, handle_stage, hello_fields, secure_seal
 from fedmed.fl.serde import FLAT, Layout, pack
 from fedmed.fl.site import SiteRuntime, SiteSettings, runtime_for
@@ -82,8 +86,9 @@ class ClientHooks:
     train: Callable[[SamSegmenter, SiteData, TrainConfig, SiteContext, Instructions], TrainResult] = _plain_train
     check_payload: Callable[[SiteContext, Instructions, Layout, np.ndarray], None] = _nothing
     protect: Callable[[SiteContext, Instructions, np.ndarray], np.ndarray] = _unchanged
-    record: Callable[[SiteContext, Instructions, Layout, np.ndarray], None] = _nothing
+    record: Callable[[SiteContext, Instructions, Layout, np.ndarray], dict[str, float] | None] = _nothing
     check_secure_config: Callable[[SiteSettings, SecAggConfig], None] = _nothing
+    finish: Callable[[SitePipeline, RecordDict, RecordDict | None, BaseException | None], None] = _nothing
 
 
 @dataclass
@@ -93,6 +98,8 @@ class SitePipeline:
     settings: SiteSettings
     hooks: ClientHooks = field(default_factory=ClientHooks)
     context: Context | None = None  # the node's Context: keeps a secure-aggregation session between messages
+    site: SiteContext | None = field(default=None, init=False)  # this message's, once prepared
+    instructions: Instructions | None = field(default=None, init=False)
 
     @property
     def runtime(self) -> SiteRuntime:
@@ -104,7 +111,9 @@ class SitePipeline:
         data = self.runtime.data(instructions.model, instructions.seed)
         num_classes = data.num_classes if own_classes else instructions.num_classes
         model = self.runtime.model(instructions.model, num_classes=num_classes, seed=instructions.seed)
-        return instructions, data, model, Layout.of(trainable_state(model))
+        layout = Layout.of(trainable_state(model))
+        self.site, self.instructions = SiteContext(self.settings, data, layout), instructions
+        return instructions, data, model, layout
 
     def hello(self, content: RecordDict) -> RecordDict:
         _, data, _, layout = self._prepare(content, own_classes=True)
@@ -144,14 +153,14 @@ class SitePipeline:
         self.hooks.check_payload(site, instructions, layout, update)
         vector = self.hooks.protect(site, instructions, update)
         key, payload, sent = seal(site, instructions, vector)
-        self.hooks.record(site, instructions, layout, sent)
+        extra = self.hooks.record(site, instructions, layout, sent) or {}
         logger.info("%s: round %d trained on %d samples, loss %.4f", data.name, instructions.round,
                     len(data.train), result.loss)
         return RecordDict({
             key: payload,
             LAYOUT_KEY: ConfigRecord({"digest": layout.digest}),
             METRICS: MetricRecord({"num-examples": len(data.train), "train-loss": float(result.loss),
-                                   "steps": result.steps}),
+                                   "steps": result.steps, **extra}),
         })
 
     def evaluate(self, content: RecordDict) -> RecordDict:
@@ -181,14 +190,31 @@ def settings_from_node_config(context: Context) -> SiteSettings:
     )
 
 
+def default_hooks() -> ClientHooks:
+    """Every fedmed site's hooks: its policy, differential privacy and audit log."""
+    from fedmed.fl.site_hooks import site_hooks  # it builds on this module
+
+    return site_hooks()
+
+
 def make_client_app(settings_of: Callable[[Context], SiteSettings], hooks: ClientHooks | None = None) -> ClientApp:
     """A ClientApp whose handlers run `SitePipeline` with the settings `settings_of(context)` gives."""
     app = ClientApp()
 
     def handler(step: str):
         def handle(message: Message, context: Context) -> Message:
-            pipeline = SitePipeline(settings_of(context), hooks or ClientHooks(), context)
-            return Message(getattr(pipeline, step)(message.content), reply_to=message)
+            pipeline = SitePipeline(settings_of(context), hooks or default_hooks(), context)
+            reply, error = None, None
+            try:
+                reply = getattr(pipeline, step)(message.content)
+            except RoundRefused as refusal:
+                reply = RecordDict({REFUSAL: refusal.record()})
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                pipeline.hooks.finish(pipeline, message.content, reply, error)
+            return Message(reply, reply_to=message)
         return handle
 
     app.query("hello")(handler("hello"))
