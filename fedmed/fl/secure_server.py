@@ -114,13 +114,14 @@ class SecureAggregation:
                 failures.setdefault(name, f"{stage.value}: {reason}")
             for name, reply in sorted(exchange.replies.items()):
                 refused = refusal_reason(reply)
-                if refused is not None:
-                    failures.setdefault(name, f"{stage.value}: refused: {refused}")
-                    continue
                 try:
+                    if refused is not None:
+                        raise SecureRoundRefused(refused)
                     session.receive(stage_bytes(reply, f"{name}'s reply"))
                 except (ProtocolError, SecureRoundRefused) as error:
-                    failures.setdefault(name, f"{stage.value}: its reply was refused: {error}")
+                    failures.setdefault(name, f"{stage.value}: " + (f"refused: {refused}" if refused is not None
+                                                                     else f"its reply was refused: {error}"))
+                    del exchange.replies[name]  # the train replies that remain are those in the sum
             try:
                 requests = session.advance()
             except ProtocolError as error:

@@ -1,0 +1,83 @@
+"""Small secure federations for the fl tests: the sites of fl_helpers, enrolled, with their updates captured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Message
+
+from fedmed.fl.client_app import ClientHooks, make_client_app
+from fedmed.fl.inprocess import InProcessGrid
+from fedmed.fl.protocol import SECAGG, SECAGG_KEY, TRAIN
+from fedmed.fl.secure_client import stage_bytes
+from fedmed.fl.site import SiteSettings
+from fl_helpers import small_plan
+from fedmed.train import TrainResult
+from secure_agg import Stage, parse
+
+SITES = ["site-0", "site-1", "site-2"]
+
+
+class Captured(dict):
+    """{(round, site): the update a site sealed}, filled by the `protect` hook in this process."""
+
+    def hooks(self, *, fast: bool = False, nan_site: str | None = None) -> ClientHooks:
+        """Capture every sealed update; `fast` trains by a seeded random step instead of SGD (no forward
+        pass: for tests of the aggregation, not of training); `nan_site` sends a NaN."""
+        def protect(site, instructions, vector: np.ndarray) -> np.ndarray:
+            if site.data.name == nan_site:
+                vector = vector.copy()
+                vector[3] = np.nan
+            self[(instructions.round, site.data.name)] = vector.copy()
+            return vector
+        return ClientHooks(protect=protect, **({"train": _random_step} if fast else {}))
+
+
+def _random_step(model, data, config, site, instructions) -> TrainResult:
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.no_grad():
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter += 1e-3 * torch.randn(parameter.shape, generator=generator)
+    return TrainResult(loss=0.5, samples=len(data.train), steps=1)
+
+
+def secure_plan(out: Path, roster: Path, **changes):
+    return small_plan(out, **{"secure_aggregation": {"enabled": True}, "roster": str(roster), **changes})
+
+
+def secure_grid(keys: list[Path], roster: Path, hooks: ClientHooks | None = None, intercept=None,
+                enrolled: int = 3) -> InProcessGrid:
+    """Three sites; the first `enrolled` have their identity key and the roster."""
+    def settings(context) -> SiteSettings:
+        i = int(context.node_config["partition-id"])
+        secure = {"identity": str(keys[i]), "roster": str(roster)} if i < enrolled else {}
+        return SiteSettings(partition=i, samples_per_site=5, device="cpu", **secure)
+
+    return InProcessGrid(make_client_app(settings, hooks or ClientHooks()), [{"partition-id": i} for i in range(3)],
+                         intercept=intercept)
+
+
+def stage_of(message: Message) -> str | None:
+    """The secure-aggregation stage a server message asks for (None for hello and evaluate)."""
+    kind = message.metadata.message_type
+    if kind == TRAIN and SECAGG_KEY in message.content:
+        return "masked_input"
+    if kind == SECAGG:
+        return parse(stage_bytes(message.content, "test")).STAGE.value
+    return None
+
+
+def down_from(stages: dict[int, str], how: str = "crash"):
+    """An intercept under which node k stops answering from stage `stages[k]` on (this round)."""
+    order = [s.value for s in Stage]
+
+    def intercept(node, message, deliver):
+        stage = stage_of(message)
+        if stage is not None and node in stages and order.index(stage) >= order.index(stages[node]):
+            if how == "crash":
+                raise RuntimeError(f"site went down at {stage}")
+            return None
+        return deliver(message)
+    return intercept
