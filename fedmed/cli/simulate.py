@@ -1,6 +1,7 @@
 """`fedmed simulate`: a whole federation in one process tree on Flower's simulation engine (Ray).
 
-With no arguments: 3 synthetic sites, the tiny SAM, FedMSA, 5 rounds of 1 local epoch. Writes
+With no arguments: 3 synthetic sites, the tiny SAM, FedMSA, 5 rounds of 1 local epoch, secure
+aggregation on (each site enrolled in `DIR/enrolment/`; `--no-secure-agg` sends plain updates). Writes
 `DIR/metrics.json`, `DIR/dice.png`, `DIR/checkpoints/round_<r>.pt`, `DIR/final.pt`, `DIR/config.json`.
 """
 
@@ -38,6 +39,8 @@ def simulate(
     round_timeout: Optional[float] = typer.Option(None, help="seconds a site has to answer [no limit]"),
     samples_per_site: Optional[int] = typer.Option(None, min=2, help="synthetic pictures per site [80]"),
     cpus_per_site: Optional[int] = typer.Option(None, min=1, help="CPUs of each Ray actor [CPUs / sites]"),
+    no_secure_agg: bool = typer.Option(False, "--no-secure-agg",
+                                       help="send plain updates: the server sees every site's update"),
     verbose: bool = typer.Option(False, "--verbose", help="Flower's and Ray's logs too"),
 ) -> None:
     """Simulate a federation of hospitals on one machine (Flower simulation engine)."""
@@ -60,6 +63,7 @@ def simulate(
     plan = plan.model_copy(update={"name": plan_name, "out": str(out or Path("runs") / plan_name),
                                    "num_clients": len(sites), "min_clients": min_clients or plan.min_clients})
     warn_unapplied(plan)
+    plan, sites = _secure(plan, sites, enabled=not no_secure_agg and plan.secure_aggregation.get("enabled", True))
     run_dir = Path(plan.out)
     console.print(f"simulating {plan.name}: {len(sites)} sites, {plan.model.method} on {plan.model.arch}, "
                   f"{plan.rounds} rounds -> {run_dir}")
@@ -85,6 +89,15 @@ def _sites(data: str, clients: int | None, samples_per_site: int | None):
     if clients is not None and clients != len(scan.sites):
         fail(f"{data} holds {len(scan.sites)} sites ({', '.join(s.name for s in scan.sites)}), not {clients}")
     return [SiteSettings(data=str(Path(data).resolve()), partition=k) for k in range(len(scan.sites))]
+
+
+def _secure(plan, sites, *, enabled: bool):
+    from fedmed.fl.enrolment import secure_simulation
+
+    if enabled and len(sites) - (1 if plan.holdout else 0) < 2:
+        fail("secure aggregation needs at least 2 training sites (a sum of one update is no secret); "
+             "pass --no-secure-agg to train with fewer")
+    return secure_simulation(plan, sites, enabled=enabled)
 
 
 def _run(plan, sites, *, resume: bool, cpus_per_site: int | None, verbose: bool) -> dict:
