@@ -1,0 +1,122 @@
+"""DP-SGD plumbing: per-sample gradients into Opacus's DPOptimizer, noise scale, chunks, empty batches, plans."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from fedmed.models import trainable_state
+from fedmed.privacy import DPSGD, DPConfig, FedmedDPOptimizer, GaussianNoise, PerSampleGradients, RoundPlan, plan_round
+from fedmed.train import TrainConfig, boxes_from_masks
+
+from conftest import TinyDataset, make_batch, perturbed_model
+
+TRAIN = TrainConfig(batch_size=2, epochs=1, device="cpu", lr=1e-2, box_jitter=0.0)
+
+
+def _plan(sigma: float, *, clip: float = 1.0, expected: float = 2.0) -> RoundPlan:
+    return RoundPlan(mode="sample", noise_multiplier=sigma, sample_rate=0.5, steps=2, delta=1e-3,
+                     max_grad_norm=clip, expected_batch_size=expected)
+
+
+def test_opacus_clips_each_example_and_averages_over_the_expected_batch():
+    """With no noise, p.grad = sum_i clip(g_i) / expected batch size, the clip over all tensors of example i."""
+    model = perturbed_model("flap-sam", num_classes=2)
+    batch = make_batch(3, num_classes=2)
+    boxes, present = boxes_from_masks(batch["mask"], 2)
+    grads, _ = PerSampleGradients(model)(batch["image"], boxes, present, batch["mask"])
+    norms = torch.stack([torch.cat([g[i].flatten() for g in grads.values()]).norm() for i in range(3)])
+    clip = float(norms.min()) / 2  # every example gets clipped
+    params = dict(model.named_parameters())
+    optimizer = FedmedDPOptimizer(torch.optim.SGD([params[n] for n in model.trainable_names], lr=0.0),
+                                  noise_multiplier=0.0, max_grad_norm=clip, expected_batch_size=4,
+                                  noise=GaussianNoise(torch.Generator().manual_seed(0)))
+    for name, grad in grads.items():
+        params[name].grad_sample = grad
+    optimizer.step()
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+    for name in model.trainable_names:
+        expected = torch.einsum("i,i...->...", factors, grads[name]) / 4
+        torch.testing.assert_close(params[name].grad, expected, atol=1e-7, rtol=1e-5)
+
+
+def test_noise_has_std_sigma_times_clip_over_expected_batch():
+    model = perturbed_model("flap-sam", num_classes=2)
+    params = dict(model.named_parameters())
+    sigma, clip, expected = 2.0, 0.5, 4
+    optimizer = FedmedDPOptimizer(torch.optim.SGD([params[n] for n in model.trainable_names], lr=0.0),
+                                  noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=expected,
+                                  noise=GaussianNoise())  # the CSPRNG, as deployed
+    for name in model.trainable_names:
+        params[name].grad_sample = torch.zeros((3, *params[name].shape))
+    optimizer.step()
+    noise = torch.cat([params[n].grad.flatten() for n in model.trainable_names])
+    assert noise.numel() > 40_000
+    assert float(noise.std()) == pytest.approx(sigma * clip / expected, rel=0.02)
+    assert abs(float(noise.mean())) < 5 * sigma * clip / expected / math.sqrt(noise.numel())
+
+
+def test_chunks_give_the_same_step_as_the_whole_batch():
+    batch = make_batch(3, num_classes=2)
+    states = []
+    for chunk in (None, 1):
+        model = perturbed_model("fedmsa", num_classes=2)
+        DPSGD(model, _plan(0.5, expected=3.0), TRAIN, max_physical_batch=chunk, seed=5).step(batch)
+        states.append(trainable_state(model))
+    for name in states[0]:
+        torch.testing.assert_close(states[0][name], states[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_an_empty_poisson_batch_still_takes_a_noisy_step():
+    model = perturbed_model("flap-sam", num_classes=2)
+    before = trainable_state(model)
+    batch = make_batch(2, num_classes=2)
+    loss = DPSGD(model, _plan(1.0), TRAIN, seed=0).step({k: v[:0] for k, v in batch.items()})
+    assert math.isnan(loss)
+    after = trainable_state(model)
+    assert all(not torch.equal(before[n], after[n]) for n in model.trainable_names)
+
+
+def test_rounds_take_the_planned_poisson_steps():
+    data = TinyDataset(4)
+    plan = plan_round(DPConfig(mode="sample", noise_multiplier=1.0), num_samples=4, batch_size=2, epochs=1)
+    trainer = DPSGD(perturbed_model("flap-sam", num_classes=2), plan, TRAIN, seed=0)
+    batches = list(trainer.batches(data))
+    assert len(batches) == plan.steps == 2
+    assert all(set(b) <= set(range(4)) for b in batches)
+
+
+def test_seeded_steps_repeat_and_unseeded_ones_differ():
+    batch = make_batch(2, num_classes=2)
+    results = []
+    for seed in (3, 3, None):
+        model = perturbed_model("flap-sam", num_classes=2)
+        DPSGD(model, _plan(1.0), TRAIN, seed=seed).step(batch)
+        results.append(trainable_state(model))
+    name = next(iter(results[0]))
+    assert torch.equal(results[0][name], results[1][name])
+    assert not torch.equal(results[0][name], results[2][name])
+
+
+def test_plan_follows_opacus_sampling_and_the_delta_default():
+    plan = plan_round(DPConfig(mode="sample", noise_multiplier=1.2), num_samples=50, batch_size=8, epochs=3)
+    assert plan.sample_rate == 1 / 7 and plan.steps == 21 and plan.delta == 1 / 50
+    assert plan.expected_batch_size == pytest.approx(50 / 7)
+    client = plan_round(DPConfig(mode="client", noise_multiplier=1.2, delta=1e-6), num_samples=50, batch_size=8,
+                        epochs=3)
+    assert (client.sample_rate, client.steps, client.delta) == (1.0, 1, 1e-6)
+
+
+def test_config_is_validated_whole():
+    with pytest.raises(ValidationError, match="exactly one"):
+        DPConfig(mode="sample")
+    with pytest.raises(ValidationError, match="exactly one"):
+        DPConfig(mode="client", noise_multiplier=1.0, target_epsilon=2.0)
+    with pytest.raises(ValidationError, match="mode is 'none'"):
+        DPConfig(noise_multiplier=1.0)
+    with pytest.raises(ValidationError) as error:
+        DPConfig(mode="sample", noise_multiplier=-1.0, delta=2.0, planned_rounds=0)
+    assert error.value.error_count() == 3
