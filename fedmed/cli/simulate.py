@@ -1,7 +1,9 @@
 """`fedmed simulate`: a whole federation in one process tree on Flower's simulation engine (Ray).
 
 With no arguments: 3 synthetic sites, the tiny SAM, FedMSA, 5 rounds of 1 local epoch, secure
-aggregation on (each site enrolled in `DIR/enrolment/`; `--no-secure-agg` sends plain updates). Writes
+aggregation on (each site enrolled in `DIR/enrolment/`; `--no-secure-agg` sends plain updates),
+DP-SGD at epsilon 8 over the run, every site under the `strict` policy (`--policy`) with its audit
+log in `DIR/audit/<party>.jsonl` (+ `.pub`; private keys and privacy ledgers in `DIR/state/`). Writes
 `DIR/metrics.json`, `DIR/dice.png`, `DIR/checkpoints/round_<r>.pt`, `DIR/final.pt`, `DIR/config.json`.
 """
 
@@ -41,6 +43,9 @@ def simulate(
     cpus_per_site: Optional[int] = typer.Option(None, min=1, help="CPUs of each Ray actor [CPUs / sites]"),
     no_secure_agg: bool = typer.Option(False, "--no-secure-agg",
                                        help="send plain updates: the server sees every site's update"),
+    policy: str = typer.Option("strict", help="every site's policy: strict, balanced, research or a TOML file"),
+    dp: Optional[str] = typer.Option(None, help="none, sample (DP-SGD) or client [default: the config's, else sample]"),
+    epsilon: Optional[float] = typer.Option(None, help="each site's DP target epsilon over the run [default: 8]"),
     verbose: bool = typer.Option(False, "--verbose", help="Flower's and Ray's logs too"),
 ) -> None:
     """Simulate a federation of hospitals on one machine (Flower simulation engine)."""
@@ -64,6 +69,12 @@ def simulate(
                                    "num_clients": len(sites), "min_clients": min_clients or plan.min_clients})
     warn_unapplied(plan)
     plan, sites = _secure(plan, sites, enabled=not no_secure_agg and plan.secure_aggregation.get("enabled", True))
+    from fedmed.fl.equip import guard_simulation
+
+    try:
+        plan, sites = guard_simulation(plan, sites, policy=policy, dp=dp, epsilon=epsilon)
+    except ValueError as error:
+        fail(str(error))
     run_dir = Path(plan.out)
     console.print(f"simulating {plan.name}: {len(sites)} sites, {plan.model.method} on {plan.model.arch}, "
                   f"{plan.rounds} rounds -> {run_dir}")
@@ -74,6 +85,7 @@ def simulate(
 
     save_dice_plot(metrics, run_dir / "dice.png")
     print_summary(metrics, run_dir)
+    console.print(f"audit logs in {run_dir / 'audit'} (fedmed audit verify / report / reconcile)")
 
 
 def _sites(data: str, clients: int | None, samples_per_site: int | None):

@@ -40,6 +40,7 @@ from secure_agg import SecAggConfig
 
 SIMULATION_SERVER = "localhost:simulation"  # the server of a one-process simulation (no transport)
 UNKNOWN_SERVER = "unknown"  # a deployed site that was not told which server it dialled
+SAM_PREFIX = "sam."  # the segmenter holds SAM as `sam`; policies name tensors as SAM does
 
 
 class InvalidInstructionsError(ValueError):
@@ -76,11 +77,17 @@ def federation_config(instructions: Instructions) -> FederationConfig:
         raise InvalidInstructionsError(validation_problems(error)) from None
 
 
+def policy_names(layout_names: tuple[str, ...]) -> tuple[str, ...]:
+    """Tensor names as policies state them (a SAM state dict's: the segmenter's `sam.` prefix off)."""
+    return tuple(name.removeprefix(SAM_PREFIX) for name in layout_names)
+
+
 def round_request(instructions: Instructions, settings: SiteSettings, *, tensor_names: tuple[str, ...],
                   local_samples: int, expected_bytes: int) -> RoundRequest:
-    """What the site is asked to do this round, as `policies.check_round` reads it."""
+    """What the site is asked to do this round, as `policies.check_round` reads it (`tensor_names`:
+    the layout's)."""
     request = federation_config(instructions).round_request(
-        tensor_names, round=instructions.round, num_clients=instructions.num_clients,
+        policy_names(tensor_names), round=instructions.round, num_clients=instructions.num_clients,
         local_samples=local_samples, expected_bytes=expected_bytes, simulation=True,
     )
     return request.model_copy(update={"server": own_server(settings)})
@@ -106,7 +113,7 @@ def payload_summary(layout: Layout, *, round: int, dp_mode: str, epsilon_after: 
                     delta: float | None, local_samples: int) -> PayloadSummary:
     """The outgoing update tensor by tensor (float32 slices of the flat vector), with its privacy."""
     tensors = tuple(TensorSummary(name=name, shape=shape, dtype=WIRE_DTYPE, nbytes=4 * _numel(shape))
-                    for name, shape in zip(layout.names, layout.shapes))
+                    for name, shape in zip(policy_names(layout.names), layout.shapes))
     return PayloadSummary(round=round, tensors=tensors, dp_mode=dp_mode, epsilon_after=epsilon_after,
                           delta=delta, local_samples=local_samples)
 

@@ -27,7 +27,8 @@ from flwr.serverapp import Grid
 
 from fedmed.fl.aggregate import apply_update, weighted_mean
 from fedmed.fl.plan import RunPlan, derive_seed
-from fedmed.fl.protocol import CONFIG, EVALUATE, GLOBAL, HELLO, LAYOUT_KEY, METRICS, SITE, TRAIN, Instructions
+from fedmed.fl.protocol import (CONFIG, EVALUATE, GLOBAL, HELLO, LAYOUT_KEY, METRICS, SITE, TRAIN, Instructions,
+                                refusal_reason)
 from fedmed.fl.serde import Layout, message_bytes, pack
 from fedmed.fl.site import model_config
 from fedmed.fl.state import RunDir
@@ -241,6 +242,10 @@ class Federation:
         train = self.exchange(TRAIN, {name: content for name in chosen}, round)
         updates, failures = {}, dict(train.failures)
         for name, reply in sorted(train.replies.items()):
+            refused = refusal_reason(reply)
+            if refused is not None:
+                failures[name] = f"refused: {refused}"
+                continue
             try:
                 updates[name] = check_update(reply, self.layout, site=name)
             except UpdateRejected as error:
@@ -267,6 +272,7 @@ class Federation:
                 "samples": int(metrics.get("num-examples", 0)),
                 "train_loss": train_metrics.get("train-loss") if name in samples else None,
                 "train_samples": samples.get(name, 0),
+                "epsilon": train_metrics.get("epsilon"), "delta": train_metrics.get("delta"),
                 "status": ("trained" if name in samples else "failed" if name in failures
                            else "holdout" if name == self.plan.holdout else "not chosen"),
                 "error": failures.get(name) or evaluation.failures.get(name),
@@ -292,6 +298,9 @@ class Federation:
 
 def run_federation(grid: Grid, plan: RunPlan, *, resume: bool = False,
                    on_round: Callable[[dict], None] | None = None) -> dict:
-    """Run `plan` over `grid` (see the module docstring); returns the final metrics record."""
-    return Federation(grid, plan, resume=resume, on_round=on_round).run()
+    """Run `plan` over `grid` (see the module docstring), logging every transmitted tensor in the
+    server's audit log (`fedmed.fl.server_audit`); returns the final metrics record."""
+    from fedmed.fl.server_audit import audited_federation  # it builds on this module
+
+    return audited_federation(grid, plan, resume=resume, on_round=on_round)
 

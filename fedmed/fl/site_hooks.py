@@ -46,7 +46,7 @@ from fedmed.fl.guard import (
     site_policy,
 )
 from fedmed.fl.privacy_hooks import PrivacySetupError, SitePrivacy, dp_config
-from fedmed.fl.protocol import SECAGG_ROUND, Instructions, RoundRefused
+from fedmed.fl.protocol import SECAGG_ROUND, Instructions, RoundRefused, refusal_reason
 from fedmed.fl.serde import Layout
 from fedmed.fl.site import SiteSettings
 from fedmed.models import SamSegmenter
@@ -214,6 +214,10 @@ def _finish(pipeline: SitePipeline, content: RecordDict, reply: RecordDict | Non
         return
     layout = pipeline.site.layout if pipeline.site is not None else None
     decisions = session.decisions if session is not None else []
+    refused = refusal_reason(reply) if reply is not None else None
+    if refused is not None and not any(kind == "refusal" for kind, _ in decisions):  # e.g. a secure stage's
+        decisions.append(("refusal", dict(round=_message_round(pipeline, session, content), reason=refused,
+                                          violations=[], peer="server")))
     received = wire_tensors(content, layout)
     sent = wire_tensors(reply, layout) if reply is not None else []
     if not (decisions or received or sent or error):
