@@ -121,8 +121,11 @@ def _run(plan, sites, *, resume: bool, cpus_per_site: int | None, verbose: bool)
         return run_simulation(plan, sites, resume=resume, on_round=lambda r: print_round(r, plan.rounds),
                               cpus_per_site=cpus_per_site, verbose=verbose)
     except (FederationError, RunStateError) as error:
-        fail(f"{error}\n(the last completed round's checkpoint is in {Path(plan.out) / 'checkpoints'}; "
-             "fix the cause and run again with --resume)" if "round" in str(error) else str(error), code=1)
+        from rich.markup import escape  # refusals quote policy globs such as `*.lora_[ab]`
+
+        message = escape(str(error))
+        fail(f"{message}\n(the last completed round's checkpoint is in {Path(plan.out) / 'checkpoints'}; "
+             "fix the cause and run again with --resume)" if "round" in message else message, code=1)
 
 
 def _centralized(plan, sites, run_dir: Path) -> dict:

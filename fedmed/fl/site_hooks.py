@@ -224,6 +224,9 @@ def _finish(pipeline: SitePipeline, content: RecordDict, reply: RecordDict | Non
         return  # hello, key exchange: nothing the log tracks
     policy = site_policy(settings.policy)
     round = _message_round(pipeline, session, content)
+    for _, body in decisions:
+        if body.get("round") is None:  # decided before the round was known (secure-aggregation setup)
+            body["round"] = round
     run: dict[str, Any] = dict(
         role="site", software=f"fedmed {__version__}", policy=policy.name if policy else None,
         epsilon_budget=policy.privacy.max_epsilon if policy else None,
