@@ -9,7 +9,7 @@ from fedmed.models import trainable_state
 from fedmed.privacy import DPConfig, GaussianNoise, clip_update, dp_train_local, privatize_update, site_ledger, update_norm
 from fedmed.train import TrainConfig
 
-from conftest import TinyDataset, perturbed_model
+from privacy_helpers import TinyDataset, perturbed_model
 
 
 def _update(scale: float) -> dict[str, torch.Tensor]:

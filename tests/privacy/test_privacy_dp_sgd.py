@@ -12,7 +12,7 @@ from fedmed.models import trainable_state
 from fedmed.privacy import DPSGD, DPConfig, FedmedDPOptimizer, GaussianNoise, PerSampleGradients, RoundPlan, plan_round
 from fedmed.train import TrainConfig, boxes_from_masks
 
-from conftest import TinyDataset, make_batch, perturbed_model
+from privacy_helpers import TinyDataset, make_batch, perturbed_model
 
 TRAIN = TrainConfig(batch_size=2, epochs=1, device="cpu", lr=1e-2, box_jitter=0.0)
 

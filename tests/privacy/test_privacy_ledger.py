@@ -22,7 +22,7 @@ from fedmed.privacy import (
 )
 from fedmed.train import TrainConfig
 
-from conftest import TinyDataset, perturbed_model
+from privacy_helpers import TinyDataset, perturbed_model
 
 TRAIN = TrainConfig(batch_size=2, epochs=1, device="cpu", lr=1e-2)
 

@@ -13,7 +13,7 @@ from fedmed.models import DEFAULT_PROMPT, METHODS
 from fedmed.privacy import PerSampleGradients, dense_forward
 from fedmed.train import SegmentationLoss, boxes_from_masks
 
-from conftest import make_batch, perturbed_model
+from privacy_helpers import make_batch, perturbed_model
 
 CASES = [(method, prompt) for method in METHODS for prompt in ("box", "none")]
 

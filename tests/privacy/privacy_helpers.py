@@ -1,8 +1,7 @@
-"""Fixtures of the privacy tests: tiny models with every trainable tensor moved off its init, small batches."""
+"""Helpers of the privacy tests: tiny models with every trainable tensor moved off its init, small batches."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -51,8 +50,3 @@ class TinyDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"image": self.batch["image"][i], "mask": self.batch["mask"][i], "id": f"case-{i}"}
-
-
-@pytest.fixture
-def tiny_dataset():
-    return TinyDataset(4)
