@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedmed.fl.enrolment import Roster, load_identity
 from fedmed.fl.protocol import SECAGG_KEY, SECAGG_ROUND, RoundRefused
-from secure_agg import ClientSession, KeyPair, SecAggConfig, pack_weighted, parse
+from secure_agg import ClientSession, ConfigError, KeyPair, SecAggConfig, pack_weighted, parse
 from secure_agg.messages import MaskedInput, Setup, SharesForward
 
 if TYPE_CHECKING:
@@ -123,6 +123,8 @@ def handle_stage(settings: SiteSettings, check_config: Callable[[SiteSettings, S
         session, state = _restore(context, enrolment)
     try:
         reply = session.handle(message)
+    except ConfigError as error:  # the site's own check of the round's config: a refusal, with its reason
+        raise SecureRoundRefused(str(error)) from error
     finally:  # an aborted session stays aborted
         _save(context, session, state)
     return RecordDict({SECAGG_KEY: stage_record(reply.to_bytes())})
