@@ -182,3 +182,17 @@ def test_a_site_masks_once_per_round_and_refuses_nan(federation):
     shares = to_shares(server, settings, contexts, requests)
     with pytest.raises(SecureRoundRefused, match="already sent a masked update for round 1"):
         secure_seal(settings[0], shares[1], contexts[1], instructions())
+
+
+def test_a_simulation_enrols_its_sites_or_runs_plain(tmp_path):
+    from fedmed.fl.enrolment import secure_simulation
+    from fedmed.fl.plan import RunPlan
+
+    plan = RunPlan(out=str(tmp_path), secure_aggregation={"precision_bits": 20})
+    secure, sites = secure_simulation(plan, [SiteSettings(partition=k) for k in range(3)], enabled=True)
+    assert secure.secure_aggregation["enabled"] and secure.secure_aggregation["precision_bits"] == 20
+    roster = Roster.load(secure.roster)
+    assert [roster.id_of(load_identity(s.identity).public) for s in sites] == [1, 2, 3]
+    assert all(s.roster == secure.roster for s in sites)
+    plain, _ = secure_simulation(plan, sites, enabled=False)
+    assert plain.roster is None and secure_section(plain.secure_aggregation) is None
