@@ -1,0 +1,74 @@
+"""A site's privacy budget is its own, across rounds, runs and restarts: it declines the round that
+would take it past its budget before training, and says so; each round reports epsilon and delta."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedmed.fl.rounds import RoundFailed, run_federation
+from fedmed.privacy import LEDGER_FILE
+
+from guard_helpers import entries, grid_of, guarded_plan, guarded_sites, policy_file
+
+# epsilon at most 1 over everything this site ever trains; plain aggregation allowed (research)
+BUDGET_1 = 'extends = "research"\n[privacy]\nrequired = true\nmodes = ["sample"]\nmax_epsilon = 1.0\nmax_delta = 1e-5\n'
+
+
+@pytest.fixture
+def budget_site(tmp_path):
+    """Sites with an epsilon budget of 1, their state in tmp_path/site, runs in tmp_path/run-<k>."""
+    policy = policy_file(tmp_path, BUDGET_1, name="budget-1")
+    return lambda run: guarded_sites(tmp_path / run, policy, sites=2, state_dir=str(tmp_path / "site" / "state"))
+
+
+# sigma 3 at q = 1/4 (16 samples, batches of 4), 4 steps a round, delta 1e-5: 0.87 after one round, 1.18 after two
+SIGMA_3 = {"mode": "sample", "noise_multiplier": 3.0}
+
+
+def test_the_budget_holds_across_runs_and_the_site_declines_before_training(tmp_path, budget_site, monkeypatch):
+    plan = guarded_plan(tmp_path / "run-1", num_clients=2, privacy=SIGMA_3)
+    metrics = run_federation(grid_of(budget_site("run-1")), plan)
+    site = metrics["rounds"][0]["sites"]["site-0"]
+    assert site["epsilon"] == pytest.approx(0.8717, abs=1e-3) and site["delta"] == pytest.approx(1e-5)
+    ledger = tmp_path / "site" / "state" / "site-0" / LEDGER_FILE
+    spent = json.loads(ledger.read_text())["rounds"]
+    assert len(spent) == 1
+
+    # a restart: a new run (new server, new process state) asks for one more round at the same noise
+    def trained(*_args, **_kwargs):
+        raise AssertionError("the site trained")
+
+    monkeypatch.setattr("fedmed.fl.privacy_hooks.dp_train_local", trained)
+    plan = guarded_plan(tmp_path / "run-2", num_clients=2, privacy=SIGMA_3)
+    with pytest.raises(RoundFailed) as failed:
+        run_federation(grid_of(budget_site("run-2")), plan)
+    message = str(failed.value)
+    assert "refused" in message and "privacy.max_epsilon" in message and "nothing was trained" in message
+    assert f"epsilon spent so far {site['epsilon']:.4g}, 1.179 after this round, budget 1" in message
+    assert json.loads(ledger.read_text())["rounds"] == spent  # declining spends nothing
+    log = tmp_path / "run-2" / "audit" / "site-0.jsonl"
+    refusal = entries(log, "refusal")[0]["body"]
+    assert refusal["round"] == 1 and any("cumulative epsilon" in v for v in refusal["violations"])
+    assert not entries(log, "privacy_budget") and not entries(log, "tensor_sent")
+    budget = entries(tmp_path / "run-1" / "audit" / "site-0.jsonl", "privacy_budget")[0]["body"]
+    assert budget["epsilon_total"] == pytest.approx(site["epsilon"]) and budget["accountant"] == "rdp"
+
+
+def test_a_target_beyond_the_budget_is_refused_outright(tmp_path, budget_site):
+    plan = guarded_plan(tmp_path / "run", num_clients=2, privacy={"mode": "sample", "epsilon": 8.0})
+    with pytest.raises(RoundFailed, match="the epsilon target 8 exceeds this site's cap 1"):
+        run_federation(grid_of(budget_site("run")), plan)
+    assert not (tmp_path / "site" / "state" / "site-0" / LEDGER_FILE).exists()
+
+
+def test_a_ledger_of_another_guarantee_is_a_refusal_not_a_reset(tmp_path, budget_site):
+    for party in ("site-0", "site-1"):  # both sites accounted client-level DP before
+        ledger = tmp_path / "site" / "state" / party / LEDGER_FILE
+        ledger.parent.mkdir(parents=True)
+        ledger.write_text(json.dumps({"format": "fedmed-privacy-ledger-v1", "mode": "client", "delta": 1e-5,
+                                      "accountant": "rdp", "rounds": []}))
+    plan = guarded_plan(tmp_path / "run", num_clients=2, privacy=SIGMA_3)
+    with pytest.raises(RoundFailed, match="site-0 declines round 1: .*mode is 'client', asked for 'sample'"):
+        run_federation(grid_of(budget_site("run")), plan)
