@@ -66,7 +66,8 @@ def dense_forward(model: SamSegmenter, images: torch.Tensor, boxes: torch.Tensor
         if boxes is None or present is None:
             raise ValueError("prompt mode 'box' needs boxes [B, K, 4] and present [B, K]")
         batch, grid = embeddings.shape[0], embeddings.shape[-1] * 4
-        queries = embeddings.unsqueeze(1).expand(-1, classes, -1, -1, -1).reshape(batch * classes, *embeddings.shape[1:])
+        per_query = embeddings.unsqueeze(1).expand(-1, classes, -1, -1, -1)
+        queries = per_query.reshape(batch * classes, *embeddings.shape[1:])
         masks = model._decode(queries, boxes.reshape(batch * classes, 4), [0]).view(batch, classes, grid, grid)
         low_res = torch.where(present[:, :, None, None], masks, torch.full_like(masks, ABSENT_LOGIT))
     return F.interpolate(low_res, size=images.shape[-2:], mode="bilinear", align_corners=False)

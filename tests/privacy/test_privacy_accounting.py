@@ -27,7 +27,8 @@ def test_epsilon_after_rounds_equals_opacus_accountant(tmp_path):
     """R rounds recorded in the ledger give what one Opacus RDPAccountant stepped R*steps times gives."""
     sigma, rate, steps, delta, rounds = 1.1, 1 / 16, 16, 1 / 64, 5
     ledger = PrivacyLedger.open(tmp_path, mode="sample", delta=delta)
-    reports = [ledger.record_round(noise_multiplier=sigma, sample_rate=rate, steps=steps, round=r) for r in range(rounds)]
+    reports = [ledger.record_round(noise_multiplier=sigma, sample_rate=rate, steps=steps, round=r)
+               for r in range(rounds)]
     accountant = RDPAccountant()
     for r, report in enumerate(reports):
         _opacus_stepped(accountant, sigma, rate, steps)

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from fedmed.models import trainable_state
-from fedmed.privacy import DPConfig, GaussianNoise, clip_update, dp_train_local, privatize_update, site_ledger, update_norm
+from fedmed.privacy import (
+    DPConfig,
+    GaussianNoise,
+    clip_update,
+    dp_train_local,
+    privatize_update,
+    site_ledger,
+    update_norm,
+)
 from fedmed.train import TrainConfig
 
 from privacy_helpers import TinyDataset, perturbed_model
@@ -24,7 +32,8 @@ def test_clipping_is_joint_over_all_tensors():
     clipped, reported = clip_update(update, clip_norm=norm / 4)
     assert reported == pytest.approx(norm)
     assert update_norm(clipped) == pytest.approx(norm / 4, rel=1e-5)
-    torch.testing.assert_close(clipped["a"] / update["a"], torch.full_like(update["a"], clipped["b"][0] / update["b"][0]))
+    factor = clipped["b"][0] / update["b"][0]
+    torch.testing.assert_close(clipped["a"] / update["a"], torch.full_like(update["a"], factor))
     small, _ = clip_update(update, clip_norm=norm * 2)
     torch.testing.assert_close(small["a"], update["a"], atol=1e-6, rtol=1e-6)  # under the norm: unchanged
 

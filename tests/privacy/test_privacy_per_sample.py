@@ -26,7 +26,8 @@ def _single_example_grads(model, images, boxes, present, masks):
     for i in range(len(images)):
         loss = loss_fn(model(images[i : i + 1], boxes[i : i + 1], present[i : i + 1]), masks[i : i + 1])
         grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-        out.append({n: torch.zeros_like(t) if g is None else g for n, t, g in zip(model.trainable_names, tensors, grads)})
+        named = zip(model.trainable_names, tensors, grads)
+        out.append({n: torch.zeros_like(t) if g is None else g for n, t, g in named})
         losses.append(loss.detach())
     return out, torch.stack(losses)
 
