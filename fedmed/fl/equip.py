@@ -35,9 +35,10 @@ def equip_sites(sites: list[SiteSettings], *, out: str | Path, policy: str | Non
 
 
 def privacy_section(section: dict[str, Any], *, mode: str | None, epsilon: float | None,
-                    max_grad_norm: float | None = None) -> dict[str, Any]:
+                    max_grad_norm: float | None = None, delta: float | None = None) -> dict[str, Any]:
     """The plan's `[privacy]` section: the config's, else DP-SGD at `DEFAULT_EPSILON` over the run;
-    `mode` ("none", "sample", "client") and `epsilon` (a target over the run) override it."""
+    `mode` ("none", "sample", "client"), `epsilon` (a target over the run), the clip norm and the
+    federation's delta (a site takes at most this, its policy's cap and 1/N) override it."""
     values = dict(section) if section else {"mode": "sample", "epsilon": DEFAULT_EPSILON}
     if mode is not None:
         values["mode"] = mode
@@ -45,6 +46,8 @@ def privacy_section(section: dict[str, Any], *, mode: str | None, epsilon: float
         values.update(epsilon=epsilon, noise_multiplier=None)
     if max_grad_norm is not None:
         values["max_grad_norm"] = max_grad_norm
+    if delta is not None:
+        values["delta"] = delta
     if values.get("mode", "none") == "none":
         values = {"mode": "none"}
     elif values.get("epsilon") is None and values.get("noise_multiplier") is None:

@@ -1,0 +1,102 @@
+"""`fedmed sweep`: privacy/utility and cost over a grid of simulations (DP targets x methods).
+
+    fedmed sweep --epsilons none,1,4,8 --methods fedmsa,flap-sam,samed --rounds 3 --out runs/sweep
+
+Each run is a whole federation in this process (the in-process Grid, sites one after the other)
+with the same code as a deployment: every site under `--policy` (default `research`: synthetic or
+public data only), with DP-SGD at the run's epsilon target, its audit log and privacy ledger.
+Writes `OUT/sweep.csv`, `OUT/dice_vs_epsilon.png`, `OUT/bytes_per_round.png` and a directory per run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedmed.cli.fl_common import console, fail
+
+
+def sweep(
+    epsilons: str = typer.Option("none,1,4,8", help="DP-SGD epsilon targets over the run; 'none' for no DP"),
+    methods: str = typer.Option("fedmsa,flap-sam,samed", help="comma-separated methods"),
+    rounds: Optional[int] = typer.Option(None, min=1, help="rounds per run [3]"),
+    clients: Optional[int] = typer.Option(None, min=2, help="synthetic sites [3]"),
+    samples_per_site: Optional[int] = typer.Option(None, min=2, help="synthetic pictures per site [80]"),
+    arch: Optional[str] = typer.Option(None, help="tiny, vit_b, vit_l or vit_h [tiny]"),
+    image_size: Optional[int] = typer.Option(None, help="input size in px [the preset's]"),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="[8]"),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate [3e-3]"),
+    max_grad_norm: Optional[float] = typer.Option(None, help="DP clip norm [1.0]"),
+    delta: Optional[float] = typer.Option(None, help="DP delta (a site takes at most 1/N) [1e-5]"),
+    dp: Optional[str] = typer.Option(None, help="DP mode of the runs with a target: sample or client [sample]"),
+    secure_agg: bool = typer.Option(False, "--secure-agg", help="secure aggregation in every run (slower)"),
+    policy: Optional[str] = typer.Option(None, help="every site's policy [research]"),
+    seed: Optional[int] = typer.Option(None, help="run seed [0]"),
+    out: Path = typer.Option(Path("runs/sweep"), help="output directory"),
+) -> None:
+    """Run simulations over a grid of DP targets and methods; CSV and plots of Dice and bytes."""
+    from fedmed.models import METHODS
+    from fedmed.sweep import SweepConfig, parse_epsilons, run_sweep, with_overrides
+
+    try:
+        targets = parse_epsilons(epsilons)
+    except ValueError as error:
+        fail(str(error))
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        fail(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+    if dp not in (None, "sample", "client"):
+        fail(f"--dp must be sample or client, not {dp!r}")
+    if policy is not None:
+        from policies import PolicyError, load_policy
+
+        try:
+            load_policy(policy)
+        except PolicyError as error:
+            fail(str(error))
+    config = with_overrides(SweepConfig(methods=chosen, epsilons=targets, secure_aggregation=secure_agg),
+                            rounds=rounds, sites=clients, samples_per_site=samples_per_site, arch=arch,
+                            image_size=image_size, batch_size=batch_size, lr=lr, max_grad_norm=max_grad_norm, delta=delta,
+                            dp_mode=dp, policy=policy, seed=seed)
+    total = len(config.methods) * len(config.epsilons)
+    console.print(f"sweep: {total} runs ({', '.join(config.methods)} x epsilon "
+                  f"{', '.join('none' if e is None else f'{e:g}' for e in config.epsilons)}), "
+                  f"{config.rounds} rounds each -> {out}")
+    done = [0]
+
+    def on_round(name: str, record: dict) -> None:
+        console.print(f"  {name} round {record['round']}/{config.rounds}: mean Dice {record['mean_dice']:.3f}")
+
+    def on_run(row: dict) -> None:
+        done[0] += 1
+        spent = "" if row["epsilon_spent"] is None else f", epsilon spent {row['epsilon_spent']:.3g}"
+        result = (f"final Dice {row['final_dice']:.3f}{spent}" if row["final_dice"] is not None
+                  else f"[red]failed[/red]: {row['error']}")
+        console.print(f"[{done[0]}/{total}] {row['method']} epsilon {row['epsilon_target']}: {result}")
+
+    rows = run_sweep(config, out, on_run=on_run, on_round=on_round)
+    _table(rows)
+    console.print(f"wrote {out / 'sweep.csv'}, {out / 'dice_vs_epsilon.png'}, {out / 'bytes_per_round.png'}")
+    if any(row["status"] != "completed" for row in rows):
+        raise typer.Exit(1)
+
+
+def _table(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="final Dice by method and epsilon target")
+    targets = list(dict.fromkeys(str(r["epsilon_target"]) for r in rows))
+    table.add_column("method")
+    for target in targets:
+        table.add_column(f"eps {target}" if target != "none" else "no DP", justify="right")
+    table.add_column("MB up/round/site", justify="right")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = {str(r["epsilon_target"]): r for r in rows if r["method"] == method}
+        dice = [f"{cells[t]['final_dice']:.3f}" if t in cells and cells[t]["final_dice"] is not None else "-"
+                for t in targets]
+        upload = next((r["upload_bytes_per_site_round"] for r in cells.values() if r["rounds"]), 0)
+        table.add_row(method, *dice, f"{upload / 1e6:.2f}")
+    console.print(table)
