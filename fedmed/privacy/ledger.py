@@ -15,7 +15,8 @@ A crash after training and before `record_round` loses no privacy (nothing left 
 `record_round` and before sending over-counts, which is safe. The mode, delta and accountant are
 fixed when the ledger is created: epsilons at different deltas, or of sample-level and client-level
 DP, do not compose, so a ledger opened with other values raises `LedgerMismatchError`. The budget
-is the site's policy and is taken from the caller each time (the history is never touched).
+is the site's policy: a caller may set a new one (the history is never touched); opening without
+one keeps the stored budget, so a restart that forgets it does not lift the cap.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ class PrivacyLedger:
         """Load the site's ledger, or create it (in memory; on disk at the first round).
 
         `delta=None` keeps an existing ledger's delta and is an error for a new one.
-        `epsilon_budget=None` means no cap (epsilon is still accounted and reported).
+        `epsilon_budget=None` keeps an existing ledger's budget; a new ledger without one has no cap
+        (epsilon is still accounted and reported). Pass `math.inf` to lift a stored cap.
         """
         path = Path(state_dir) / LEDGER_FILE
         if path.exists():
@@ -131,12 +133,14 @@ class PrivacyLedger:
                     f"{path}: " + "; ".join(problems) + ". Spent budget never resets: keep the ledger's "
                     "settings, or account a different guarantee in another state directory."
                 )
-            record.epsilon_budget = epsilon_budget
+            if epsilon_budget is not None:
+                record.epsilon_budget = None if math.isinf(epsilon_budget) else float(epsilon_budget)
             return cls(path, record)
         if delta is None:
             raise LedgerError(f"{path}: a new ledger needs a delta")
         try:
-            record = _LedgerFile(mode=mode, delta=delta, accountant=accountant, epsilon_budget=epsilon_budget)
+            budget = None if epsilon_budget is None or math.isinf(epsilon_budget) else float(epsilon_budget)
+            record = _LedgerFile(mode=mode, delta=delta, accountant=accountant, epsilon_budget=budget)
         except ValueError as error:
             raise LedgerError(f"{path}: {error}") from None
         return cls(path, record)

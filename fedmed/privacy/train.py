@@ -31,7 +31,10 @@ from fedmed.train.loop import TrainConfig, TrainResult, train_local
 def site_ledger(
     state_dir: str | Path, config: DPConfig, *, num_samples: int, epsilon_budget: float | None = None
 ) -> PrivacyLedger:
-    """The site's ledger for `config.mode`: delta is the config's, else the existing ledger's, else 1/N."""
+    """The site's ledger for `config.mode`: delta is the config's, else the existing ledger's, else 1/N.
+
+    `epsilon_budget` (the site policy's cap) replaces the stored one; None keeps it.
+    """
     if config.mode == "none":
         raise ValueError("mode 'none' keeps no privacy ledger")
     delta = config.delta

@@ -63,7 +63,7 @@ def test_chunks_give_the_same_step_as_the_whole_batch():
     batch = make_batch(3, num_classes=2)
     states = []
     for chunk in (None, 1):
-        model = perturbed_model("fedmsa", num_classes=2)
+        model = perturbed_model("flap-sam", num_classes=2)
         DPSGD(model, _plan(0.5, expected=3.0), TRAIN, max_physical_batch=chunk, seed=5).step(batch)
         states.append(trainable_state(model))
     for name in states[0]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -56,9 +57,9 @@ def test_budget_of_one_declines_the_exceeding_round_and_a_restart_keeps_the_spen
     assert _same_state(before, trainable_state(model))  # declined before any training
     assert ledger.rounds == fits and ledger.epsilon_spent == spent
 
-    restarted = site_ledger(tmp_path, config, num_samples=len(data), epsilon_budget=1.0)  # a new process
+    restarted = site_ledger(tmp_path, config, num_samples=len(data))  # a new process, budget not even given
     assert restarted.rounds == fits and restarted.epsilon_spent == pytest.approx(spent, rel=1e-12)
-    assert restarted.delta == 1 / 4
+    assert restarted.delta == 1 / 4 and restarted.epsilon_budget == 1.0
     with pytest.raises(BudgetExceededError):
         dp_train_local(model, data, TRAIN, config, restarted, round=fits)
     assert _same_state(before, trainable_state(model))
@@ -85,6 +86,15 @@ def test_would_exceed_and_epsilon_after_agree(tmp_path):
     assert ledger.check_round(**entry) == after
     unlimited = PrivacyLedger.open(tmp_path / "other", mode="sample", delta=1e-5)
     assert not unlimited.would_exceed(noise_multiplier=0.5, sample_rate=1.0, steps=1000)
+
+
+def test_budget_is_kept_unless_set(tmp_path):
+    PrivacyLedger.open(tmp_path, mode="sample", delta=1e-3, epsilon_budget=2.0).record_round(
+        noise_multiplier=2.0, sample_rate=0.1, steps=1)
+    assert PrivacyLedger.open(tmp_path, mode="sample").epsilon_budget == 2.0
+    assert PrivacyLedger.open(tmp_path, mode="sample", epsilon_budget=0.5).epsilon_budget == 0.5  # stored with the next round
+    lifted = PrivacyLedger.open(tmp_path, mode="sample", epsilon_budget=math.inf)
+    assert lifted.epsilon_budget is None and not lifted.would_exceed(noise_multiplier=0.5, sample_rate=1.0, steps=99)
 
 
 def test_record_past_the_budget_raises_and_records_nothing(tmp_path):
