@@ -20,7 +20,7 @@ app = typer.Typer(help="Identity keys and the roster of enrolled sites (secure a
 
 
 @app.command("key")
-def key(out: Path = typer.Argument(..., dir_okay=False, help="where to write the private key (PEM, mode 0600)")) -> None:
+def key(out: Path = typer.Argument(..., dir_okay=False, help="the private key file to write (PEM, mode 0600)")) -> None:
     """Make this site's Ed25519 identity key; prints the public key to enrol."""
     from fedmed.fl.enrolment import EnrolmentError, create_identity
 

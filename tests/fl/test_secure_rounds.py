@@ -144,6 +144,7 @@ def test_sites_outside_the_roster_are_left_out(enrolled, tmp_path, caplog):
 def test_a_secure_plan_needs_a_roster_and_two_sites(enrolled, tmp_path):
     keys, roster = enrolled
     with pytest.raises(FederationError, match="needs the roster"):
-        run_federation(secure_grid(keys, roster), secure_plan(tmp_path / "a", roster).model_copy(update={"roster": None}))
+        no_roster = secure_plan(tmp_path / "a", roster).model_copy(update={"roster": None})
+        run_federation(secure_grid(keys, roster), no_roster)
     with pytest.raises(FederationError, match="min_clients >= 2"):
         run_federation(secure_grid(keys, roster), secure_plan(tmp_path / "b", roster, min_clients=1))
