@@ -47,6 +47,7 @@ def print_round(record: dict, rounds: int) -> None:
     failed = f"; [yellow]left out: {', '.join(record['failed'])}[/yellow]" if record.get("failed") else ""
     console.print(f"round {record['round']}/{rounds}: mean Dice {_num(record['mean_dice'])} ({sites}) "
                   f"in {record.get('wall_s', 0):.0f} s{failed}")
+    console.file.flush()
 
 
 def _num(value, digits: int = 3) -> str:

@@ -33,6 +33,11 @@ app.add_typer(data_app, name="data")
 from fedmed.cli import simulate as _simulate  # noqa: E402
 
 app.command("simulate")(_simulate.simulate)
+from fedmed.cli import client as _client  # noqa: E402
+from fedmed.cli import server as _server  # noqa: E402
+
+app.command("server")(_server.server)
+app.command("client")(_client.client)
 from fedmed.cli import sweep as _sweep  # noqa: E402
 
 app.command("sweep")(_sweep.sweep)
