@@ -26,7 +26,8 @@ def centralized_baseline(plan: RunPlan, sites: list[SiteData], out: str | Path, 
     """
     out = Path(out)
     training = [site for site in sites if site.name != plan.holdout]
-    config = model_config(plan.model, num_classes=sites[0].num_classes, seed=plan.seed, checkpoint=plan.model.checkpoint)
+    config = model_config(plan.model, num_classes=sites[0].num_classes, seed=plan.seed,
+                          checkpoint=plan.model.checkpoint)
     train_config = TrainConfig(epochs=plan.rounds * plan.local_epochs, batch_size=plan.batch_size, lr=plan.lr,
                                weight_decay=plan.weight_decay, seed=plan.seed, device=device)
     metrics = train_centralized(training, config, train_config, out, on_step=on_step)

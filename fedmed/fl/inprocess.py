@@ -67,7 +67,8 @@ class InProcessGrid(Grid):
                 reply = (self.intercept(node, message, self._deliver) if self.intercept
                          else self._deliver(message))
             except Exception as error:  # noqa: BLE001 - a crashing site answers with an error
-                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(error).__name__}: {error}"), reply_to=message)
+                reason = f"{type(error).__name__}: {error}"
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
             if reply is not None:
                 reply = wire_copy(reply)
                 reply.metadata.__dict__["_reply_to_message_id"] = message_id

@@ -1,4 +1,5 @@
-"""Small federations for the fl tests: 3 synthetic sites of 5 pictures (one training step a round) at 32 px, run in-process."""
+"""Small federations for the fl tests, run in-process: 3 synthetic sites of 5 pictures at 32 px
+(one training step a round)."""
 
 from __future__ import annotations
 

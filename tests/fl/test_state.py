@@ -25,7 +25,8 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     run, p = RunDir(tmp_path), plan(tmp_path, rounds=3)
     run.start(p, resume=False)
     for r in (1, 2):
-        run.save_round(r, {"w": torch.full((2,), float(r))}, p, [{"round": k, "mean_dice": 0.1 * k} for k in range(1, r + 1)])
+        history = [{"round": k, "mean_dice": 0.1 * k} for k in range(1, r + 1)]
+        run.save_round(r, {"w": torch.full((2,), float(r))}, p, history)
     last, tensors, history = RunDir(tmp_path).start(p, resume=True)
     assert last == 2 and torch.equal(tensors["w"], torch.full((2,), 2.0)) and [h["round"] for h in history] == [1, 2]
     metrics = json.loads(run.metrics_path.read_text())
