@@ -59,8 +59,8 @@ def sweep(
             fail(str(error))
     config = with_overrides(SweepConfig(methods=chosen, epsilons=targets, secure_aggregation=secure_agg),
                             rounds=rounds, sites=clients, samples_per_site=samples_per_site, arch=arch,
-                            image_size=image_size, batch_size=batch_size, lr=lr, max_grad_norm=max_grad_norm, delta=delta,
-                            dp_mode=dp, policy=policy, seed=seed)
+                            image_size=image_size, batch_size=batch_size, lr=lr, max_grad_norm=max_grad_norm,
+                            delta=delta, dp_mode=dp, policy=policy, seed=seed)
     total = len(config.methods) * len(config.epsilons)
     console.print(f"sweep: {total} runs ({', '.join(config.methods)} x epsilon "
                   f"{', '.join('none' if e is None else f'{e:g}' for e in config.epsilons)}), "

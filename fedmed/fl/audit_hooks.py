@@ -8,17 +8,18 @@ one fsync) when the message is done and before its reply goes out:
     run_start  round_start  tensor_received...  policy_decision  refusal  privacy_budget
     tensor_sent...  error  run_end
 
-A refused round, a failed message and a crash-free message each close their run; a process that
-dies mid-message leaves nothing half-written (the batch is written whole or not at all, and the
-next writer's reopen records the recovery if a line was torn).
+A refused round, a failed message and a completed one each close their run. A process that dies
+mid-message writes nothing of it, or, killed during the write, a torn batch that the next open sets
+aside (`recover=True`) with a `recovery` entry.
 
-What counts as a transmitted tensor, on both sides alike (`wire_tensors`): every array of a
-message, as its values travel (the C-contiguous little-endian bytes inside Flower's array; the
-.npy header around them is not hashed). The flat update vector of a method is logged tensor by
-tensor (names and shapes of the model's `Layout`, each entry the slice of the vector that holds
-that tensor); the global vector the server sends is one entry named `global`; any other array
-is `<record>/<array>`. An array is `masked` when it is integer (secure aggregation sends integers
-modulo 2^k; an unmasked update is float32).
+What counts as a transmitted tensor, on both sides alike (`wire_tensors`): the values of an array
+as they travel (its C-contiguous little-endian bytes inside Flower's array; the .npy header
+around them is not hashed). The flat update a site sends is logged tensor by tensor (the names
+and shapes of the model's `Layout`, each entry the slice of the vector holding that tensor); with
+secure aggregation its masked input likewise (uint words, the last one the masked weight
+`update.weight`); key exchange, shares and signatures are protocol messages and are not logged.
+The global vector the server sends is one entry, `global`; any other array is `<record>/<array>`.
+An array is `masked` when it is integer (secure aggregation sends integers modulo 2^k).
 
 Files: `<audit_dir>/<party>.jsonl` and `.pub` (publishable), the private key at
 `<state_dir>/<party>/audit.key` (or beside the log when the site has no state directory).

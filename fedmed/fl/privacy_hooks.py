@@ -5,8 +5,9 @@ instructions); the site decides the rest itself:
 
 - delta: min(1/N, the policy's max_delta, the federation's delta) when its ledger is created, then
   the ledger's delta forever (epsilons at different deltas do not compose);
-- the budget: its policy's `privacy.max_epsilon` (None: accounted, not capped), composed over every
-  round it ever trained, across runs and restarts (`<state_dir>/<party>/privacy_ledger.json`);
+- the budget: its policy's `privacy.max_epsilon`, else the cap its ledger keeps from before (none:
+  accounted, not capped), over every round it ever trained, across runs and restarts
+  (`<state_dir>/<party>/privacy_ledger.json`);
 - the noise: calibrated so that the planned rounds spend the federation's target epsilon (a server
   that understates the rounds only makes the site decline sooner: the ledger caps the total).
 
@@ -96,6 +97,11 @@ class SitePrivacy:
     @property
     def spent(self) -> float:
         return self.ledger.epsilon_spent
+
+    @property
+    def budget(self) -> float | None:
+        """The site's cap: its policy's, else the one its ledger keeps from before (None: no cap)."""
+        return self.ledger.epsilon_budget
 
     def train(self, model: SamSegmenter, data: SiteData, config: TrainConfig, *, round: int) -> TrainResult:
         """The round's DP training; the ledger has recorded it when this returns."""

@@ -112,18 +112,20 @@ def _check_round(site: SiteContext, instructions: Instructions) -> None:
     except (InvalidInstructionsError, PrivacySetupError, ValidationError) as error:
         _decision(session, round, "instructions", [error])
         _refuse(session, round, f"{party} declines round {round}: {error}", [str(error)])
-    if policy is None:
-        return
     projected = session.privacy.project() if session.privacy else None
-    violations = round_violations(policy, session.request, epsilon_projected=projected)
+    violations = round_violations(policy, session.request, epsilon_projected=projected) if policy else []
     _decision(session, round, "instructions", violations)
-    if violations:
-        reason = f"{party}: {PolicyViolationError(policy.name, violations, stage='round', round=round)}"
-        cap = policy.privacy.max_epsilon
-        if session.privacy is not None and cap is not None and projected > cap:
+    budget = session.privacy.budget if session.privacy else None
+    over = [] if budget is None or projected <= budget else [
+        f"privacy budget: the cumulative epsilon after this round {projected:.4g} exceeds this site's "
+        f"budget {budget:g}"]
+    if violations or over:
+        reason = (f"{party}: {PolicyViolationError(policy.name, violations, stage='round', round=round)}"
+                  if violations else f"{party} declines round {round}: {over[0]}")
+        if over:
             reason += (f"\n  (epsilon spent so far {session.privacy.spent:.4g}, {projected:.4g} after this round, "
-                       f"budget {cap:g} at delta {session.privacy.ledger.delta:.3g}; nothing was trained)")
-        _refuse(session, round, reason, [str(v) for v in violations])
+                       f"budget {budget:g} at delta {session.privacy.ledger.delta:.3g}; nothing was trained)")
+        _refuse(session, round, reason, [str(v) for v in violations] + (over if not violations else []))
 
 
 def _check_secure_config(settings: SiteSettings, config: SecAggConfig) -> None:

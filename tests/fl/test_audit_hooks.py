@@ -80,7 +80,8 @@ def test_bytes_changed_in_transit_do_not_reconcile(tmp_path):
 def test_wire_tensors_names_and_slices_exactly_the_bytes_sent():
     layout = Layout.of({"sam.a": torch.zeros(2, 3), "sam.b": torch.zeros(4)})
     vector = np.arange(10, dtype=np.float32)
-    content = RecordDict({UPDATE: pack(vector), GLOBAL: pack(vector), "other": ArrayRecord({"x": pack(vector)["flat"]})})
+    content = RecordDict({UPDATE: pack(vector), GLOBAL: pack(vector),
+                          "other": ArrayRecord({"x": pack(vector)["flat"]})})
     tensors = dict(wire_tensors(content, layout))
     assert list(tensors) == ["sam.a", "sam.b", "global", "other/x"]
     assert tensors["sam.a"].shape == (2, 3) and tensors["sam.b"].tolist() == [6, 7, 8, 9]

@@ -72,3 +72,19 @@ def test_a_ledger_of_another_guarantee_is_a_refusal_not_a_reset(tmp_path, budget
     plan = guarded_plan(tmp_path / "run", num_clients=2, privacy=SIGMA_3)
     with pytest.raises(RoundFailed, match="site-0 declines round 1: .*mode is 'client', asked for 'sample'"):
         run_federation(grid_of(budget_site("run")), plan)
+
+
+def test_a_cap_kept_in_the_ledger_holds_under_a_policy_without_one(tmp_path):
+    """A site that once ran with a budget of 1 and now runs `research` (no cap) keeps its cap."""
+    spent = {"round": 1, "noise_multiplier": 3.0, "sample_rate": 0.25, "steps": 4, "epsilon_total": 0.87,
+             "recorded_at": "2026-01-01T00:00:00+00:00"}
+    for party in ("site-0", "site-1"):
+        ledger = tmp_path / "state" / party / LEDGER_FILE
+        ledger.parent.mkdir(parents=True)
+        ledger.write_text(json.dumps({"format": "fedmed-privacy-ledger-v1", "mode": "sample", "delta": 1e-5,
+                                      "accountant": "rdp", "epsilon_budget": 1.0, "rounds": [spent]}))
+    sites = guarded_sites(tmp_path / "run", "research", sites=2, state_dir=str(tmp_path / "state"))
+    plan = guarded_plan(tmp_path / "run", num_clients=2, privacy=SIGMA_3)
+    with pytest.raises(RoundFailed, match="site-0 declines round 1: privacy budget: .* 1.179 exceeds this site's "
+                                          "budget 1"):
+        run_federation(grid_of(sites), plan)
