@@ -88,3 +88,13 @@ def test_a_cap_kept_in_the_ledger_holds_under_a_policy_without_one(tmp_path):
     with pytest.raises(RoundFailed, match="site-0 declines round 1: privacy budget: .* 1.179 exceeds this site's "
                                           "budget 1"):
         run_federation(grid_of(sites), plan)
+
+
+def test_client_level_dp_runs_through_the_round_and_is_accounted(tmp_path):
+    sites = guarded_sites(tmp_path / "run", "research", sites=2, state_dir=str(tmp_path / "state"))
+    plan = guarded_plan(tmp_path / "run", num_clients=2, privacy={"mode": "client", "noise_multiplier": 1.0})
+    site = run_federation(grid_of(sites), plan)["rounds"][0]["sites"]["site-1"]
+    ledger = json.loads((tmp_path / "state" / "site-1" / LEDGER_FILE).read_text())
+    entry = ledger["rounds"][0]
+    assert ledger["mode"] == "client" and entry["sample_rate"] == 1.0 and entry["steps"] == 1
+    assert site["epsilon"] == pytest.approx(entry["epsilon_total"]) and site["delta"] == 1.0 / 16
