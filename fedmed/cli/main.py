@@ -41,3 +41,6 @@ app.command("client")(_client.client)
 from fedmed.cli import sweep as _sweep  # noqa: E402
 
 app.command("sweep")(_sweep.sweep)
+from fedmed.cli.enrol import app as enrol_app  # noqa: E402
+
+app.add_typer(enrol_app, name="enrol")
