@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fedmed.cli.main import app
 from fedmed.io import load_trainable
 
-SMALL = ["--image-size", "32", "--samples-per-site", "5", "--batch-size", "4"]
+SMALL = ["--image-size", "32", "--samples-per-site", "5", "--batch-size", "4", "--policy", "research", "--dp", "none"]
 
 
 @pytest.mark.e2e
