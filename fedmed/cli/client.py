@@ -11,6 +11,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import signal
+import subprocess
 from pathlib import Path
 from typing import Optional
 
@@ -117,7 +118,11 @@ def _join(settings, superlink: str, key: Path | None, root_certificates: Path | 
     finally:
         if node.poll() is None:
             node.terminate()
-            node.wait(timeout=20)
+            try:
+                node.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
     log = (home / "supernode.log").read_text(errors="replace") if (home / "supernode.log").exists() else ""
     if node.returncode not in (0, -15, None) and ACCESS_DENIED in log:
         fail(f"the SuperLink at {superlink} refused this site: is its public key registered at the coordinator? "

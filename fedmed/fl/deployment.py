@@ -73,7 +73,7 @@ def wait_for_port(host: str, port: int, *, timeout: float, process: subprocess.P
     raise DeploymentError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
 
 
-def server_certificate_sha256(address: str, root_certificates: Path | None, *, timeout: float = 30) -> str:
+def server_certificate_sha256(address: str, root_certificates: Path | None, *, timeout: float = 300) -> str:
     """SHA-256 (hex) of the certificate the server at `address` presents, verified against the CA."""
     host, port = split_address(address)
     context = ssl.create_default_context(cafile=str(root_certificates) if root_certificates else None)
@@ -221,6 +221,6 @@ def start_supernode(*, superlink: str, runtime_port: int, home: Path, root_certi
             command += ["--auth-supernode-private-key", str(key)]
     if max_retries is not None:
         command += ["--max-retries", str(max_retries)]
-    log = open(log_path or home / "supernode.log", "ab")  # noqa: SIM115 - the process keeps writing to it
+    log = open(log_path or home / "supernode.log", "wb")  # noqa: SIM115 - the process keeps writing to it
     return subprocess.Popen(command, env=process_env(home), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
