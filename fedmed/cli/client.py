@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from fedmed.cli.fl_common import console, fail
+from fedmed.cli.fl_common import console, fail, stop_on_sigterm
 
 
 def client(
@@ -89,10 +89,6 @@ def _check_policy(policy: str) -> None:
         fail(f"policy {policy!r}: {error}")
 
 
-def _interrupt(*_args) -> None:
-    raise KeyboardInterrupt
-
-
 def _join(settings, superlink: str, key: Path | None, root_certificates: Path | None, insecure: bool, home: Path,
           max_retries: int | None, *, site: str) -> None:
     from fedmed.fl.client_app import make_client_app
@@ -106,7 +102,7 @@ def _join(settings, superlink: str, key: Path | None, root_certificates: Path | 
     node = start_supernode(superlink=superlink, runtime_port=port, home=home, insecure=insecure,
                            root_certificates=root_certificates.resolve() if root_certificates else None,
                            key=key.resolve() if key else None, max_retries=max_retries)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     console.print(f"site {site}: joining {superlink} ({'INSECURE' if insecure else 'TLS'}) with data "
                   f"{settings.data}, policy {settings.policy}; state in {settings.state_dir}")
     runner = SiteRunner(f"127.0.0.1:{port}", make_client_app(lambda _context: settings),

@@ -30,6 +30,16 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt, so a terminated server or site still stops its Flower process."""
+    import signal
+
+    def interrupt(*_args) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def warn_unapplied(plan) -> None:
     """Secure aggregation and DP are planned for the federation but not applied by it yet."""
     unapplied = []

@@ -7,14 +7,21 @@ submits the run and follows it until it ends; the run directory gets what `fedme
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from fedmed.cli.fl_common import console, fail, load_config, print_round, print_summary, warn_unapplied
+from fedmed.cli.fl_common import (
+    console,
+    fail,
+    load_config,
+    print_round,
+    print_summary,
+    stop_on_sigterm,
+    warn_unapplied,
+)
 
 
 def server(
@@ -68,7 +75,7 @@ def _serve(plan, address: str, tls, keys: list[Path], *, resume: bool) -> None:
     plan_file = home / "plan.json"
     plan_file.write_text(plan.model_dump_json(indent=2))
     coordinator = Coordinator(home, address, tls)
-    signal.signal(signal.SIGTERM, _interrupt)  # a terminated server still stops its SuperLink
+    stop_on_sigterm()
     try:
         coordinator.start()
         for key in keys:
@@ -90,10 +97,6 @@ def _serve(plan, address: str, tls, keys: list[Path], *, resume: bool) -> None:
         fail(f"the run did not complete: {reason}\n(the last completed round's checkpoint is in "
              f"{run_dir / 'checkpoints'}; run again with --resume)", code=1)
     print_summary(metrics, run_dir)
-
-
-def _interrupt(*_args) -> None:
-    raise KeyboardInterrupt
 
 
 def _follow(coordinator, run_id: str, run_dir, rounds: int, poll_s: float = 2.0) -> tuple[str, str]:
