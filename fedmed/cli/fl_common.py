@@ -40,18 +40,6 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def warn_unapplied(plan) -> None:
-    """Secure aggregation and DP are planned for the federation but not applied by it yet."""
-    unapplied = []
-    if plan.secure_aggregation.get("enabled"):
-        unapplied.append("secure_aggregation")
-    if plan.privacy.get("mode", "none") != "none":
-        unapplied.append("privacy")
-    if unapplied:
-        console.print(f"[yellow]note:[/yellow] the config's {' and '.join(unapplied)} section is recorded in the "
-                      "plan but not applied by this version of the federation")
-
-
 def print_round(record: dict, rounds: int) -> None:
     sites = ", ".join(f"{name} {_num(m['dice'])}" for name, m in record["sites"].items())
     failed = f"; [yellow]left out: {', '.join(record['failed'])}[/yellow]" if record.get("failed") else ""

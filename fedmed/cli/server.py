@@ -3,6 +3,7 @@
 Starts a SuperLink at the config's `server.address` with TLS (`--tls-dir`: ca.pem, server.pem,
 server.key) and SuperNode authentication (`--site-keys`: one OpenSSH public key per site, `<site>.pub`),
 submits the run and follows it until it ends; the run directory gets what `fedmed simulate` writes.
+With the config's secure aggregation on, `--roster` names the enrolment roster the sites hold too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from fedmed.cli.fl_common import (
     print_round,
     print_summary,
     stop_on_sigterm,
-    warn_unapplied,
 )
 
 
@@ -36,6 +36,9 @@ def server(
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last completed round"),
     rounds: Optional[int] = typer.Option(None, min=1, help="override federation.rounds"),
     holdout: Optional[str] = typer.Option(None, help="leave this site out of training, evaluate it (FedFMS)"),
+    roster: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                          help="the enrolment roster (`fedmed enrol roster`); needed when the "
+                                               "config's secure aggregation is on"),
     clients: Optional[int] = typer.Option(None, min=1, help="sites to wait for [default: one per key]"),
     round_timeout: float = typer.Option(3600.0, help="seconds a site has to answer a message"),
     join_timeout: float = typer.Option(600.0, help="seconds to wait for the sites to join"),
@@ -58,10 +61,27 @@ def server(
     plan = make_plan(federation, rounds=rounds, holdout=holdout, round_timeout=round_timeout,
                      join_timeout=join_timeout, num_clients=num_clients)
     run_dir = (out or Path("runs") / plan.name).resolve()
-    plan = plan.model_copy(update={"out": str(run_dir)})
-    warn_unapplied(plan)
+    plan = plan.model_copy(update={"out": str(run_dir), "roster": _roster(plan, roster)})
     tls = None if insecure else TlsFiles.in_dir(tls_dir.resolve())
     _serve(plan, address or federation.server.address, tls, [key.resolve() for key in keys], resume=resume)
+
+
+def _roster(plan, roster: Path | None) -> str | None:
+    """The roster's path for a secure plan (checked to load); secure aggregation off takes none."""
+    if not plan.secure_aggregation.get("enabled"):
+        if roster is not None:
+            fail("--roster given but the config's secure aggregation is off ([secure_aggregation] enabled = false)")
+        return None
+    if roster is None:
+        fail("the config's secure aggregation is on: give the enrolment roster with --roster FILE "
+             "(`fedmed enrol roster`), the same file every site passes to `fedmed client --roster`")
+    from fedmed.fl.enrolment import EnrolmentError, Roster
+
+    try:
+        Roster.load(roster)
+    except EnrolmentError as error:
+        fail(str(error))
+    return str(roster.resolve())
 
 
 def _serve(plan, address: str, tls, keys: list[Path], *, resume: bool) -> None:

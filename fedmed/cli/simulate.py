@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from fedmed.cli.fl_common import console, fail, load_config, print_round, print_summary, warn_unapplied
+from fedmed.cli.fl_common import console, fail, load_config, print_round, print_summary
 
 
 def simulate(
@@ -67,7 +67,6 @@ def simulate(
         min_clients = max(1, min(2, len(sites) - (1 if plan.holdout else 0)))
     plan = plan.model_copy(update={"name": plan_name, "out": str(out or Path("runs") / plan_name),
                                    "num_clients": len(sites), "min_clients": min_clients or plan.min_clients})
-    warn_unapplied(plan)
     plan, sites = _secure(plan, sites, enabled=not no_secure_agg and plan.secure_aggregation.get("enabled", True))
     from fedmed.fl.equip import guard_simulation
 
