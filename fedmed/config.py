@@ -80,6 +80,8 @@ class ModelSection(_Section):
     arch: Arch = "tiny"
     image_size: int | None = Field(default=None, ge=16, multiple_of=16)
     checkpoint: Path | None = None
+    pretrained: bool = Field(default=True, description="without a checkpoint, start from the preset's built-in "
+                                                       "weights (tiny has them); false: random weights")
     lora_rank: int = Field(default=4, ge=1)
     lora_alpha: float = Field(default=4.0, gt=0)
     adapter_ratio: float = Field(default=0.25, gt=0, le=1)

@@ -40,6 +40,7 @@ class SweepConfig:
     samples_per_site: int | None = None
     arch: str = "tiny"
     image_size: int | None = None
+    pretrained: bool = True  # the preset's built-in weights (tiny has them); False: random weights
     batch_size: int = 8
     lr: float = 3e-3
     max_grad_norm: float = 1.0
@@ -57,15 +58,15 @@ def run_name(method: str, epsilon: float | None) -> str:
 def _plan_and_sites(config: SweepConfig, method: str, epsilon: float | None, out: Path):
     from fedmed.fl.enrolment import secure_simulation
     from fedmed.fl.equip import equip_sites, privacy_section
-    from fedmed.fl.plan import ModelSpec, RunPlan
+    from fedmed.fl.plan import make_plan
     from fedmed.fl.site import SiteSettings
 
     privacy = privacy_section({}, mode="none" if epsilon is None else config.dp_mode, epsilon=epsilon,
                               max_grad_norm=config.max_grad_norm, delta=config.delta)
-    plan = RunPlan(name=out.name, model=ModelSpec(arch=config.arch, method=method, image_size=config.image_size),
-                   rounds=config.rounds, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                   num_clients=config.sites, min_clients=min(2, config.sites), join_timeout=1, privacy=privacy,
-                   out=str(out))
+    model = {"arch": config.arch, "method": method, "image_size": config.image_size, "pretrained": config.pretrained}
+    plan = make_plan(model=model, name=out.name, rounds=config.rounds, batch_size=config.batch_size, lr=config.lr,
+                     seed=config.seed, num_clients=config.sites, min_clients=min(2, config.sites), join_timeout=1,
+                     privacy=privacy, out=str(out))
     sites = [SiteSettings(partition=k, num_sites=config.sites, samples_per_site=config.samples_per_site)
              for k in range(config.sites)]
     plan, sites = secure_simulation(plan, sites, enabled=config.secure_aggregation)

@@ -1,6 +1,7 @@
 """`fedmed simulate`: a whole federation in one process tree on Flower's simulation engine (Ray).
 
-With no arguments: 3 synthetic sites, the tiny SAM, FedMSA, 5 rounds of 1 local epoch, secure
+With no arguments: 3 synthetic sites, the tiny SAM from its built-in weights (pretrained on a
+public synthetic corpus, `fedmed.models.pretrained`), FedMSA, 5 rounds of 1 local epoch, secure
 aggregation on (each site enrolled in `DIR/enrolment/`; `--no-secure-agg` sends plain updates),
 DP-SGD at epsilon 8 over the run, every site under the `strict` policy (`--policy`) with its audit
 log in `DIR/audit/<party>.jsonl` (+ `.pub`; private keys and privacy ledgers in `DIR/state/`). Writes
@@ -24,7 +25,9 @@ def simulate(
     local_epochs: Optional[int] = typer.Option(None, min=1, help="epochs over its data per site and round [1]"),
     data: str = typer.Option("synthetic", help="'synthetic' or a folder (one dataset, or one subfolder per site)"),
     arch: Optional[str] = typer.Option(None, help="tiny, vit_b, vit_l or vit_h [default: tiny]"),
-    checkpoint: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="SAM/MedSAM .pth to start from"),
+    checkpoint: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                              help="SAM/MedSAM .pth to start from [default: tiny's built-in weights]"),
+    random_init: bool = typer.Option(False, "--random-init", help="start from random weights, not the built-in ones"),
     image_size: Optional[int] = typer.Option(None, help="input size in px [default: the preset's]"),
     config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
                                           help="federation.toml; options given here override it"),
@@ -54,7 +57,7 @@ def simulate(
     federation = load_config(config)
     plan_name = name or (federation.federation.name if federation else None)
     model = {"method": method, "arch": arch, "image_size": image_size,
-             "checkpoint": str(checkpoint) if checkpoint else None}
+             "checkpoint": str(checkpoint) if checkpoint else None, "pretrained": False if random_init else None}
     try:
         plan = make_plan(federation, model=model, rounds=rounds, local_epochs=local_epochs, lr=lr,
                          batch_size=batch_size, seed=seed, min_clients=min_clients, round_timeout=round_timeout,
@@ -75,7 +78,8 @@ def simulate(
     except ValueError as error:
         fail(str(error))
     run_dir = Path(plan.out)
-    console.print(f"simulating {plan.name}: {len(sites)} sites, {plan.model.method} on {plan.model.arch}, "
+    start = Path(plan.model.checkpoint).name if plan.model.checkpoint else "random weights"
+    console.print(f"simulating {plan.name}: {len(sites)} sites, {plan.model.method} on {plan.model.arch} from {start}, "
                   f"{plan.rounds} rounds -> {run_dir}")
     metrics = _run(plan, sites, resume=resume, cpus_per_site=cpus_per_site, verbose=verbose)
     if compare_centralized:

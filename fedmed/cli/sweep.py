@@ -26,6 +26,7 @@ def sweep(
     samples_per_site: Optional[int] = typer.Option(None, min=2, help="synthetic pictures per site [80]"),
     arch: Optional[str] = typer.Option(None, help="tiny, vit_b, vit_l or vit_h [tiny]"),
     image_size: Optional[int] = typer.Option(None, help="input size in px [the preset's]"),
+    random_init: bool = typer.Option(False, "--random-init", help="random weights, not tiny's built-in ones"),
     batch_size: Optional[int] = typer.Option(None, min=1, help="[8]"),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate [3e-3]"),
     max_grad_norm: Optional[float] = typer.Option(None, help="DP clip norm [1.0]"),
@@ -59,7 +60,7 @@ def sweep(
             fail(str(error))
     config = with_overrides(SweepConfig(methods=chosen, epsilons=targets, secure_aggregation=secure_agg),
                             rounds=rounds, sites=clients, samples_per_site=samples_per_site, arch=arch,
-                            image_size=image_size, batch_size=batch_size, lr=lr, max_grad_norm=max_grad_norm,
+                            image_size=image_size, pretrained=False if random_init else None, batch_size=batch_size, lr=lr, max_grad_norm=max_grad_norm,
                             delta=delta, dp_mode=dp, policy=policy, seed=seed)
     total = len(config.methods) * len(config.epsilons)
     console.print(f"sweep: {total} runs ({', '.join(config.methods)} x epsilon "

@@ -18,7 +18,9 @@ def train(
     data: str = typer.Option("synthetic", help="'synthetic' or a dataset folder (one subfolder per site allowed)"),
     method: str = typer.Option("fedmsa", help="fedsam, fedmsa, flap-sam or samed"),
     arch: str = typer.Option("tiny", help="tiny, vit_b, vit_l or vit_h"),
-    checkpoint: Path = typer.Option(None, help="official SAM/MedSAM .pth to start from"),
+    checkpoint: Path = typer.Option(None, exists=True, dir_okay=False,
+                                    help="official SAM/MedSAM .pth to start from [default: tiny's built-in weights]"),
+    random_init: bool = typer.Option(False, "--random-init", help="start from random weights, not the built-in ones"),
     image_size: int = typer.Option(None, help="input size in px (default: the preset's)"),
     epochs: int = typer.Option(10, min=1),
     batch_size: int = typer.Option(8, min=1),
@@ -32,6 +34,7 @@ def train(
     """Train one model on the union of all sites' data; report validation Dice, IoU, HD95 per site."""
     from fedmed.data import DataError, load_sites
     from fedmed.models import CheckpointError, ModelConfig
+    from fedmed.models.pretrained import builtin_checkpoint
     from fedmed.train import TrainConfig
     from fedmed.train.centralized import train_centralized
 
@@ -41,6 +44,8 @@ def train(
     except DataError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
+    if checkpoint is None and not random_init:
+        checkpoint = builtin_checkpoint(arch)
     model_config = ModelConfig(
         arch=arch, method=method, image_size=image_size, checkpoint=str(checkpoint) if checkpoint else None,
         lora_rank=lora_rank, num_classes=sites[0].num_classes, seed=seed,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedmed.config import FederationConfig
+from fedmed.models.pretrained import builtin_checkpoint, file_sha256
 
 Method = Literal["fedsam", "fedmsa", "flap-sam", "samed"]
 Arch = Literal["tiny", "vit_b", "vit_l", "vit_h"]
@@ -81,25 +82,20 @@ def derive_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def make_plan(config: FederationConfig | None = None, *, model: dict[str, Any] | None = None,
               **overrides: Any) -> RunPlan:
     """A plan from a validated `federation.toml` (or the defaults); `overrides` and `model` (CLI options,
-    None meaning "not given") win over it. A checkpoint gets its SHA-256, which sites check their copy by."""
+    None meaning "not given") win over it. Without a checkpoint the model starts from the preset's
+    built-in weights (`fedmed.models.pretrained`) unless `pretrained` is false (in the config's
+    `[model]` or in `model`). A checkpoint gets its SHA-256, which sites check their copy by."""
     values: dict[str, Any] = {}
-    spec: dict[str, Any] = {}
+    spec: dict[str, Any] = {"pretrained": True}
     if config is not None:
         fed, section = config.federation, config.model
         spec = {"arch": section.arch, "method": fed.method, "image_size": section.image_size,
                 "checkpoint": str(section.checkpoint) if section.checkpoint else None, "lora_rank": section.lora_rank,
-                "lora_alpha": section.lora_alpha, "adapter_ratio": section.adapter_ratio}
+                "lora_alpha": section.lora_alpha, "adapter_ratio": section.adapter_ratio,
+                "pretrained": section.pretrained}
         values = {
             "name": fed.name, "rounds": fed.rounds, "local_epochs": fed.local_epochs, "lr": fed.lr,
             "batch_size": fed.batch_size, "seed": fed.seed, "min_clients": fed.min_clients,
@@ -108,8 +104,11 @@ def make_plan(config: FederationConfig | None = None, *, model: dict[str, Any] |
             "privacy": config.privacy.model_dump(mode="json"),
         }
     spec.update({k: v for k, v in (model or {}).items() if v is not None})
+    if spec.pop("pretrained") and not spec.get("checkpoint"):
+        builtin = builtin_checkpoint(spec.get("arch", ModelSpec().arch))
+        spec["checkpoint"] = str(builtin) if builtin else None
     if spec.get("checkpoint"):
         spec["checkpoint"] = str(Path(spec["checkpoint"]).expanduser().resolve())
-        spec["checkpoint_sha256"] = sha256_file(spec["checkpoint"])
+        spec["checkpoint_sha256"] = file_sha256(spec["checkpoint"])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return RunPlan(model=ModelSpec(**spec), **values)

@@ -3,7 +3,8 @@
 `SiteSettings` come from the site (its command line, `--node-config`, or the simulation's list of
 sites), never from the server: the data folder, its own copy of a SAM checkpoint, its policy, its
 device. The server's instructions only choose the model (`ModelSpec`), the image size and the
-seeds; a checkpoint the server names must match the site's copy by SHA-256.
+seeds; a checkpoint the server names must match the site's copy by SHA-256 (fedmed's built-in
+weights are the site's own installed file with that SHA-256).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmed.data import SiteData, load_sites, scan_data
-from fedmed.fl.plan import ModelSpec, sha256_file
+from fedmed.fl.plan import ModelSpec
 from fedmed.models import ModelConfig, SamSegmenter, arch_spec, build_model
+from fedmed.models.pretrained import file_sha256, find_builtin
 
 
 class SiteSetupError(RuntimeError):
@@ -105,13 +107,15 @@ class SiteRuntime:
         if spec.checkpoint_sha256 is None:
             return None
         own = self.settings.checkpoint
+        if own is None and (builtin := find_builtin(spec.checkpoint_sha256)) is not None:
+            return str(builtin)  # fedmed's built-in weights: this installation's own copy, same SHA-256
         if own is None:
             raise SiteSetupError(
                 f"the federation starts from a SAM checkpoint (sha256 {spec.checkpoint_sha256[:12]}...); "
                 "give this site its own copy with --checkpoint"
             )
         if own not in self._checkpoint_ok:
-            digest = sha256_file(own)
+            digest = file_sha256(own)
             if digest != spec.checkpoint_sha256:
                 raise SiteSetupError(f"{own}: sha256 {digest[:12]}... is not the federation's "
                                      f"checkpoint ({spec.checkpoint_sha256[:12]}...)")

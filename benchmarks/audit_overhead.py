@@ -1,6 +1,6 @@
 """What the audit log costs a federated round: fedmsa on the tiny preset, 3 synthetic sites, in-process.
 
-    python benchmarks/audit.py [--rounds 3] [--samples-per-site 80] [--strict] [--ab]
+    python benchmarks/audit_overhead.py [--rounds 3] [--samples-per-site 80] [--strict] [--ab]
 
 The run goes through the real ClientApp and server loop (`InProcessGrid`), every site with its
 audit log, so a round is: the sites train one after the other, each logs the message's entries in
