@@ -23,11 +23,11 @@ from audit.reconcile import reconcile as reconcile_logs
 from audit.report import AuditSummary, summarize
 
 app = typer.Typer(name="audit", help="Verify, summarise and reconcile signed audit logs.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-LogArg = Annotated[Path, typer.Argument(help="A party's log (<party>.jsonl).", show_default=False)]
+LogArg = Annotated[Path, typer.Argument(help="A party's log (PARTY.jsonl).", show_default=False)]
 PubKey = Annotated[str | None, typer.Option("--pubkey", help="Trusted public key: a PEM file or 64 hex digits. "
                                             "Default: <log stem>.pub beside the log, else the key the log declares.")]
 AllowOpen = Annotated[bool, typer.Option("--allow-open", help="Accept a log without a final run_end (still running or crashed).")]

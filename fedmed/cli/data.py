@@ -13,7 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 
-app = typer.Typer(help="Segmentation data: check a dataset folder; preview images and masks.", no_args_is_help=True)
+app = typer.Typer(help="Segmentation data: check a dataset folder; preview images and masks.", no_args_is_help=True,
+                  rich_markup_mode="markdown")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for machines")]
 

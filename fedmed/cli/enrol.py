@@ -16,7 +16,8 @@ import typer
 
 from fedmed.cli.fl_common import console, fail
 
-app = typer.Typer(help="Identity keys and the roster of enrolled sites (secure aggregation).", no_args_is_help=True)
+app = typer.Typer(help="Identity keys and the roster of enrolled sites (secure aggregation).", no_args_is_help=True,
+                  rich_markup_mode="markdown")
 
 
 @app.command("key")

@@ -2,8 +2,11 @@
 
 import typer
 
+# Help is rendered as Markdown: Rich markup would read "[default: 5]" in a help string as a style tag
+# and drop it. Every sub-app below does the same.
 app = typer.Typer(
     name="fedmed",
+    rich_markup_mode="markdown",
     help="Federated fine-tuning of Segment Anything on private medical images.",
     no_args_is_help=True,
     add_completion=False,

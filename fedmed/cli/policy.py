@@ -15,6 +15,7 @@ from fedmed.config import ConfigError, FederationConfig, load_federation_config
 from policies import Policy, PolicyError, builtin_names, check_round, load_policy
 
 app = typer.Typer(
+    rich_markup_mode="markdown",
     help="Site privacy policies: list and show them; check a federation config against one.",
     no_args_is_help=True,
 )

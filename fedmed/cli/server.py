@@ -32,7 +32,7 @@ def server(
                                            help="ca.pem, server.pem and server.key of the SuperLink"),
     insecure: bool = typer.Option(False, "--insecure", help="no TLS and no site authentication (trials only)"),
     address: Optional[str] = typer.Option(None, help="HOST:PORT to serve on [default: the config's server.address]"),
-    out: Optional[Path] = typer.Option(None, help="run directory [default: runs/<name>/]"),
+    out: Optional[Path] = typer.Option(None, help="run directory [default: runs/NAME/]"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last completed round"),
     rounds: Optional[int] = typer.Option(None, min=1, help="override federation.rounds"),
     holdout: Optional[str] = typer.Option(None, help="leave this site out of training, evaluate it (FedFMS)"),
