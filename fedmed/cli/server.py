@@ -58,8 +58,11 @@ def server(
         if not keys:
             fail("give the sites' public keys with --site-keys DIR (<site>.pub files); only they may join")
     num_clients = clients or len(keys) or federation.federation.min_clients
-    plan = make_plan(federation, rounds=rounds, holdout=holdout, round_timeout=round_timeout,
-                     join_timeout=join_timeout, num_clients=num_clients)
+    try:
+        plan = make_plan(federation, rounds=rounds, holdout=holdout, round_timeout=round_timeout,
+                         join_timeout=join_timeout, num_clients=num_clients)
+    except ValueError as error:
+        fail(str(error))
     run_dir = (out or Path("runs") / plan.name).resolve()
     plan = plan.model_copy(update={"out": str(run_dir), "roster": _roster(plan, roster)})
     tls = None if insecure else TlsFiles.in_dir(tls_dir.resolve())

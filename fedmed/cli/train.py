@@ -34,18 +34,18 @@ def train(
     """Train one model on the union of all sites' data; report validation Dice, IoU, HD95 per site."""
     from fedmed.data import DataError, load_sites
     from fedmed.models import CheckpointError, ModelConfig
-    from fedmed.models.pretrained import builtin_checkpoint
+    from fedmed.models.pretrained import BuiltinWeightsError, builtin_checkpoint
     from fedmed.train import TrainConfig
     from fedmed.train.centralized import train_centralized
 
     try:
         synthetic = {"num_sites": num_sites, "samples_per_site": samples_per_site} if data == "synthetic" else {}
         sites = load_sites(data, image_size=image_size or _preset_size(arch), seed=seed, **synthetic)
-    except DataError as error:
+        if checkpoint is None and not random_init:
+            checkpoint = builtin_checkpoint(arch)
+    except (DataError, BuiltinWeightsError) as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-    if checkpoint is None and not random_init:
-        checkpoint = builtin_checkpoint(arch)
     model_config = ModelConfig(
         arch=arch, method=method, image_size=image_size, checkpoint=str(checkpoint) if checkpoint else None,
         lora_rank=lora_rank, num_classes=sites[0].num_classes, seed=seed,

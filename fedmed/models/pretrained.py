@@ -23,7 +23,7 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 BUILTIN_WEIGHTS = {"tiny": WEIGHTS_DIR / "sam_tiny_public.pth"}
 
 
-class BuiltinWeightsError(RuntimeError):
+class BuiltinWeightsError(ValueError):
     """A built-in weights file that is missing or is not the one its record names."""
 
 

@@ -1,6 +1,7 @@
 """`fedmed server` and `fedmed client` on Flower's deployment engine, over loopback with TLS and
-SuperNode authentication: the run matches the simulation, an unregistered site is refused, and a
-server killed after round 1 resumes to the same final model."""
+SuperNode authentication: the run matches the simulation, an unregistered site is refused, a server
+killed after round 1 resumes to the same final model, and with secure aggregation among enrolled
+sites a round matches the simulation's within the secure sum's error bound."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from e2e_helpers import FEDMED, Processes, write_synthetic_sites
 
 from fedmed.fl.credentials import make_site_key, make_tls
 from fedmed.fl.deployment import free_port
+from fedmed.fl.enrolment import Roster, create_identity
 from fedmed.io import load_trainable
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +27,7 @@ CONFIG = """
 [federation]
 name = "e2e"
 method = "fedmsa"
-rounds = 2
+rounds = {rounds}
 min_clients = 3
 seed = 0
 lr = 3e-3
@@ -36,7 +38,7 @@ arch = "tiny"
 image_size = 32
 
 [secure_aggregation]
-enabled = false
+enabled = {secure}
 
 [server]
 address = "127.0.0.1:{port}"
@@ -54,7 +56,8 @@ def wait_for(condition, timeout: float, what: str, poll: float = 1.0):
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    """Data of 3 sites, a CA and server certificate, 3 registered site keys and one unregistered."""
+    """Data of 3 sites, a CA and server certificate, 3 registered site keys and one unregistered, and
+    the 3 sites' identity keys in the enrolment roster (secure aggregation)."""
     root = tmp_path_factory.mktemp("deployment")
     write_synthetic_sites(root / "data")
     make_tls(root / "tls")
@@ -63,14 +66,19 @@ def federation(tmp_path_factory):
         (root / "registered").mkdir(exist_ok=True)
         (root / "registered" / f"site-{k}.pub").write_bytes((root / "keys" / f"site-{k}.pub").read_bytes())
     make_site_key(root / "keys" / "rogue")
+    identities = {f"site-{k}": create_identity(root / "keys" / f"site-{k}.id").hex() for k in range(3)}
+    Roster(sites=identities).save(root / "roster.json")
     port = free_port()
-    (root / "federation.toml").write_text(CONFIG.format(port=port))
+    (root / "federation.toml").write_text(CONFIG.format(port=port, rounds=2, secure="false"))
+    (root / "secure.toml").write_text(CONFIG.format(port=port, rounds=1, secure="true"))
     return root, port
 
 
-def start_server(procs: Processes, root: Path, out: Path, *, name: str, resume: bool = False):
-    args = [*FEDMED, "server", "--config", str(root / "federation.toml"), "--site-keys", str(root / "registered"),
-            "--tls-dir", str(root / "tls"), "--out", str(out), "--join-timeout", "240", "--round-timeout", "240"]
+def start_server(procs: Processes, root: Path, out: Path, *, name: str, resume: bool = False,
+                 config: str = "federation.toml"):
+    secure = ["--roster", str(root / "roster.json")] if config == "secure.toml" else []
+    args = [*FEDMED, "server", "--config", str(root / config), "--site-keys", str(root / "registered"),
+            "--tls-dir", str(root / "tls"), *secure, "--out", str(out), "--join-timeout", "240", "--round-timeout", "240"]
     process = procs.start(name, args + (["--resume"] if resume else []))
     wait_for(lambda: "waiting for 3 sites" in procs.log(name) or process.poll() is not None, 120, "the SuperLink")
     assert process.poll() is None, procs.log(name)
@@ -81,7 +89,8 @@ def start_client(procs: Processes, root: Path, port: int, site: str, key: str, *
     return procs.start(f"client-{key}", [
         *FEDMED, "client", "--superlink", f"127.0.0.1:{port}", "--data", str(root / "data" / site),
         "--policy", "research", "--key", str(root / "keys" / key), "--root-certificates", str(root / "tls" / "ca.pem"),
-        "--state-dir", str(root / "state" / key), *extra])
+        "--state-dir", str(root / "state" / key), "--identity", str(root / "keys" / f"{site}.id"),
+        "--roster", str(root / "roster.json"), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +126,14 @@ def test_a_deployed_run_matches_the_simulation(uninterrupted, federation, tmp_pa
     deployed, _ = load_trainable(run / "final.pt")
     local, _ = load_trainable(simulated / "final.pt")
     for name, tensor in deployed.items():
-        torch.testing.assert_close(tensor, local[name], rtol=1e-4, atol=1e-4)
+        # float sums may round differently in the two engines' processes (the losses agree to 1e-5),
+        # and each round's fresh AdamW moves near-zero-gradient coordinates by about lr = 3e-3 in the
+        # sign of their gradient, which carries such differences to ~1e-4 in two rounds
+        torch.testing.assert_close(tensor, local[name], rtol=1e-4, atol=5e-4)
     simulated_metrics = json.loads((simulated / "metrics.json").read_text())
     for a, b in zip(metrics["rounds"], simulated_metrics["rounds"]):
         for site in a["sites"]:
-            assert a["sites"][site]["loss"] == pytest.approx(b["sites"][site]["loss"], abs=1e-3)
+            assert a["sites"][site]["loss"] == pytest.approx(b["sites"][site]["loss"], abs=2e-4)
             # the same payload; ids in the metadata (node, run) differ in length between the engines
             assert a["sites"][site]["bytes_sent"] == pytest.approx(b["sites"][site]["bytes_sent"], abs=256)
 
@@ -155,3 +167,29 @@ def test_a_killed_server_resumes_to_the_same_model(uninterrupted, federation, tm
     assert meta["round"] == 2
     for name, tensor in expected.items():
         torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_a_secure_deployment_matches_the_simulation_within_the_bound(federation, tmp_path):
+    """Enrolled sites mask their updates; the server passes `--roster`. The secure sum rounds each value
+    stochastically to 16 fractional bits, so two runs agree within its error bound, not bit for bit."""
+    root, port = federation
+    procs = Processes(tmp_path / "logs")
+    try:
+        server = start_server(procs, root, tmp_path / "run", name="server", config="secure.toml")
+        for k in range(3):
+            start_client(procs, root, port, f"site-{k}", f"site-{k}")
+        assert server.wait(timeout=480) == 0, procs.log("server")
+    finally:
+        procs.stop_all()
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"][0]
+    assert record["secure_aggregation"] and record["secagg"]["survivors"] == ["site-0", "site-1", "site-2"]
+    simulated = tmp_path / "simulated"
+    result = subprocess.run([*FEDMED, "simulate", "--config", str(root / "secure.toml"), "--data",
+                             str(root / "data"), "--policy", "research", "--out", str(simulated)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    deployed, _ = load_trainable(tmp_path / "run" / "final.pt")
+    local, _ = load_trainable(simulated / "final.pt")
+    bound = record["secagg"]["error_bound"]  # of each run's sum against the float sum, so twice between runs
+    for name, tensor in deployed.items():
+        torch.testing.assert_close(tensor, local[name], rtol=0, atol=2 * bound + 1e-6)
