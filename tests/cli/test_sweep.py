@@ -15,14 +15,7 @@ from fedmed.sweep_plots import save_bytes_plot, save_dice_vs_epsilon
 SMALL = ["--rounds", "1", "--clients", "2", "--image-size", "32", "--samples-per-site", "20", "--batch-size", "4"]
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")  # the sweep builds Flower messages in-process
 
 
 def test_a_sweep_writes_a_row_per_run_the_plots_and_each_run_with_its_logs(tmp_path):
