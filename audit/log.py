@@ -8,7 +8,8 @@
         log.privacy_budget(round=1, epsilon_round=0.4, epsilon_total=0.4, delta=1e-5, accountant="rdp")
     # leaving the block writes run_end (status "failed", after an error entry, on an exception)
 
-Reopening a log verifies it first, continues its chain, and refuses one that does not verify.
+Reopening a log verifies it first, continues its chain, and refuses one that does not verify
+(a log this process closed and nobody changed since is not verified again: `audit.known_state`).
 A run that a crash left open is closed by a `recovery` entry; a torn last line is refused
 unless `recover=True`, which moves the torn bytes to `<log>.torn-<offset>` and records them.
 """
@@ -47,6 +48,7 @@ from audit.errors import (
     TornTailError,
 )
 from audit.keys import PartyKey, load_public_key, public_raw
+from audit.known_state import identity, read_all, recall, remember
 from audit.verify import verify
 
 try:
@@ -112,6 +114,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._broken: str | None = None
         self._rounds = 0
+        self._last_run_start: int | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -144,6 +147,12 @@ class AuditLog:
 
     @classmethod
     def _resume(cls, path: Path, key: PartyKey, party: str, fd: int, recover: bool) -> AuditLog:
+        known = recall(identity(fd, key.public_bytes, party), read_all(fd))
+        if known is not None:  # exactly the bytes this process closed: verified then
+            log = cls(path, key, party, fd, log_id=known.log_id, seq=known.seq, prev_hash=known.last_hash,
+                      run_open=known.run_open)
+            log._last_run_start = known.last_run_start
+            return log._recover(run_open=known.run_open, torn={})
         rep = verify(path, key.public_key, allow_open=True)
         if rep.first_bad is not None:
             if rep.first_bad.code == "key_mismatch":
@@ -162,16 +171,20 @@ class AuditLog:
                        prev_hash=GENESIS_HASH, run_open=False)
         log = cls(path, key, party, fd, log_id=rep.log_id, seq=rep.entries,
                   prev_hash=rep.last_hash, run_open=rep.run_open)
-        if rep.run_open or torn:
-            run_seq = next((e.seq for e in reversed(rep.verified) if e.kind == "run_start"), None)
+        log._last_run_start = next((e.seq for e in reversed(rep.verified) if e.kind == "run_start"), None)
+        return log._recover(run_open=rep.run_open, torn=torn)
+
+    def _recover(self, *, run_open: bool, torn: dict[str, Any]) -> AuditLog:
+        """Close a run a crash left open (or record torn bytes set aside) with a `recovery` entry."""
+        if run_open or torn:
             try:
-                log.append("recovery", dict(
+                self.append("recovery", dict(
                     reason="reopened after a crash: " + ("torn last line set aside" if torn else "the last run never ended"),
-                    interrupted_run_seq=run_seq if rep.run_open else None, **torn))
+                    interrupted_run_seq=self._last_run_start if run_open else None, **torn))
             except BaseException:
-                log._fd = None  # AuditLog.open closes the file
+                self._fd = None  # AuditLog.open closes the file
                 raise
-        return log
+        return self
 
     # ------------------------------------------------------------------ appending
 
@@ -186,7 +199,7 @@ class AuditLog:
                 raise LogStateError(f"{self.path}: the log is closed")
             if self._broken:
                 raise LogStateError(f"{self.path}: an earlier write failed ({self._broken}); reopen the log")
-            seq, prev, run_open = self.seq, self.last_hash, self.run_open
+            seq, prev, run_open, last_run_start = self.seq, self.last_hash, self.run_open, self._last_run_start
             entries, lines = [], []
             for kind, body in items:
                 if kind == "run_start":  # always declare the key this log is signed with
@@ -209,10 +222,11 @@ class AuditLog:
                 entry = Entry.model_construct(**head, sig=sig, time=now, v=SCHEMA_VERSION)
                 entry._hash = prev = digest.hex()
                 entries.append(entry)
+                last_run_start = seq if kind == "run_start" else last_run_start
                 seq += 1
             if lines:
                 self._write(b"".join(lines))
-            self.seq, self.last_hash, self.run_open = seq, prev, run_open
+            self.seq, self.last_hash, self.run_open, self._last_run_start = seq, prev, run_open, last_run_start
             return entries
 
     def _write(self, data: bytes) -> None:
@@ -295,6 +309,10 @@ class AuditLog:
         """Release the file and its lock. Does not write run_end: a run left open reads as interrupted."""
         with self._lock:
             if self._fd is not None:
+                if not self._broken:
+                    remember(identity(self._fd, self.key.public_bytes, self.party), read_all(self._fd),
+                             log_id=self.log_id, seq=self.seq, last_hash=self.last_hash, run_open=self.run_open,
+                             last_run_start=self._last_run_start)
                 os.close(self._fd)
                 self._fd = None
 
