@@ -34,20 +34,19 @@ def train(
     """Train one model on the union of all sites' data; report validation Dice, IoU, HD95 per site."""
     from fedmed.data import DataError, load_sites
     from fedmed.models import CheckpointError, ModelConfig
-    from fedmed.models.pretrained import BuiltinWeightsError, builtin_checkpoint
+    from fedmed.models.pretrained import BuiltinWeightsError, starting_checkpoint
     from fedmed.train import TrainConfig
     from fedmed.train.centralized import train_centralized
 
     try:
         synthetic = {"num_sites": num_sites, "samples_per_site": samples_per_site} if data == "synthetic" else {}
         sites = load_sites(data, image_size=image_size or _preset_size(arch), seed=seed, **synthetic)
-        if checkpoint is None and not random_init:
-            checkpoint = builtin_checkpoint(arch)
+        start = starting_checkpoint(arch, checkpoint, pretrained=not random_init)
     except (DataError, BuiltinWeightsError) as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     model_config = ModelConfig(
-        arch=arch, method=method, image_size=image_size, checkpoint=str(checkpoint) if checkpoint else None,
+        arch=arch, method=method, image_size=image_size, checkpoint=start,
         lora_rank=lora_rank, num_classes=sites[0].num_classes, seed=seed,
     )
     train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedmed.config import FederationConfig
-from fedmed.models.pretrained import builtin_checkpoint, file_sha256
+from fedmed.models.pretrained import file_sha256, starting_checkpoint
 
 Method = Literal["fedsam", "fedmsa", "flap-sam", "samed"]
 Arch = Literal["tiny", "vit_b", "vit_l", "vit_h"]
@@ -104,9 +104,8 @@ def make_plan(config: FederationConfig | None = None, *, model: dict[str, Any] |
             "privacy": config.privacy.model_dump(mode="json"),
         }
     spec.update({k: v for k, v in (model or {}).items() if v is not None})
-    if spec.pop("pretrained") and not spec.get("checkpoint"):
-        builtin = builtin_checkpoint(spec.get("arch", ModelSpec().arch))
-        spec["checkpoint"] = str(builtin) if builtin else None
+    spec["checkpoint"] = starting_checkpoint(spec.get("arch", ModelSpec().arch), spec.get("checkpoint"),
+                                             pretrained=spec.pop("pretrained"))
     if spec.get("checkpoint"):
         spec["checkpoint"] = str(Path(spec["checkpoint"]).expanduser().resolve())
         spec["checkpoint_sha256"] = file_sha256(spec["checkpoint"])

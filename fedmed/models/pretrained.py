@@ -65,6 +65,15 @@ def builtin_checkpoint(arch: str) -> Path | None:
     return path
 
 
+def starting_checkpoint(arch: str, checkpoint: str | Path | None, *, pretrained: bool) -> str | None:
+    """The weights a run starts from: `checkpoint` if given, else the preset's built-in weights
+    (if `pretrained` and it has them), else None (random weights)."""
+    if checkpoint:
+        return str(checkpoint)
+    builtin = builtin_checkpoint(arch) if pretrained else None
+    return str(builtin) if builtin else None
+
+
 def find_builtin(sha256: str) -> Path | None:
     """The built-in weights file whose SHA-256 is `sha256`, if this installation has one."""
     for arch in BUILTIN_WEIGHTS:
