@@ -4,8 +4,8 @@
 
 The run goes through the real ClientApp and server loop (`InProcessGrid`), every site with its
 audit log, so a round is: the sites train one after the other, each logs the message's entries in
-one batch (`fedmed.fl.site_hooks._finish`: the tensors it received and sent, its decisions), and the
-server logs what it sends and receives (`AuditedGrid`). The time spent in those audit calls is
+one batch (`fedmed.fl.site.journal.journal`: the tensors it received and sent, its decisions), and the
+server logs what it sends and receives (`ServerJournal`). The time spent in those audit calls is
 measured directly (wall and process CPU) and compared with the round:
 
 - `audit_s` / `audit_cpu_s`: per round, the median over rounds 2.. (round 1 also makes the keys)
@@ -34,14 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from fedmed.fl import server_audit, site_hooks  # noqa: E402
-from fedmed.fl.client_app import make_client_app  # noqa: E402
-from fedmed.fl.enrolment import secure_simulation  # noqa: E402
-from fedmed.fl.equip import equip_sites  # noqa: E402
-from fedmed.fl.inprocess import InProcessGrid  # noqa: E402
-from fedmed.fl.plan import ModelSpec, RunPlan  # noqa: E402
-from fedmed.fl.rounds import Federation, run_federation  # noqa: E402
-from fedmed.fl.site import SiteSettings  # noqa: E402
+from fedmed.config import PrivacySection  # noqa: E402
+from fedmed.fl.launch.inprocess import InProcessGrid  # noqa: E402
+from fedmed.fl.launch.simulation import prepare_simulation, simulation_sites  # noqa: E402
+from fedmed.fl.plan import RunPlan, make_plan  # noqa: E402
+from fedmed.fl.server.journal import ServerJournal  # noqa: E402
+from fedmed.fl.server.rounds import Federation, run_federation  # noqa: E402
+from fedmed.fl.site import pipeline  # noqa: E402
+from fedmed.fl.site.client_app import make_client_app  # noqa: E402
+from fedmed.fl.site.settings import SiteSettings  # noqa: E402
 
 
 class Clock:
@@ -61,16 +62,18 @@ class Clock:
         return timed
 
 
-def _sites(out: Path, samples: int, policy: str | None) -> list[SiteSettings]:
-    """Three synthetic sites; with a policy, each also with its audit log (`equip_sites`)."""
-    base = [SiteSettings(partition=k, num_sites=3, samples_per_site=samples, device="cpu") for k in range(3)]
-    return equip_sites(base, out=out, policy=policy) if policy is not None else base
-
-
 def _plan(out: Path, rounds: int, strict: bool) -> RunPlan:
-    return RunPlan(model=ModelSpec(arch="tiny", method="fedmsa"), rounds=rounds, num_clients=3, min_clients=2,
-                   join_timeout=1, out=str(out),
-                   privacy={"mode": "sample", "noise_multiplier": 1.0} if strict else {"mode": "none"})
+    privacy = PrivacySection(mode="sample", noise_multiplier=1.0) if strict else PrivacySection(mode="none")
+    return make_plan(federation={"rounds": rounds}, model={"arch": "tiny", "method": "fedmsa"},
+                     secure_aggregation={"enabled": strict}, privacy=privacy, num_clients=3, join_timeout=1,
+                     out=str(out))
+
+
+def _sites(plan: RunPlan, samples: int, *, audit: bool) -> tuple[RunPlan, list[SiteSettings]]:
+    """Three synthetic sites, each with its policy and, if `audit`, its audit log (`prepare_simulation`)."""
+    sites = simulation_sites("synthetic", clients=3, samples_per_site=samples, device="cpu")
+    policy = ("strict" if plan.secure_aggregation.enabled else "research") if audit else None
+    return prepare_simulation(plan, sites, policy=policy, audit=audit)
 
 
 def _grid(sites: list[SiteSettings]) -> InProcessGrid:
@@ -80,13 +83,11 @@ def _grid(sites: list[SiteSettings]) -> InProcessGrid:
 
 def audited_run(rounds: int, samples: int, strict: bool) -> dict:
     out = Path(tempfile.mkdtemp(prefix="fedmed-audit-bench-"))
-    plan, sites = _plan(out, rounds, strict), _sites(out, samples, "strict" if strict else "research")
-    if strict:
-        plan, sites = secure_simulation(plan, sites, enabled=True)
+    plan, sites = _sites(_plan(out, rounds, strict), samples, audit=True)
     clock, per_round, last = Clock(), [], {"wall": 0.0, "cpu": 0.0, "t": time.perf_counter(), "c": time.process_time()}
-    site_hooks._finish = clock.wrap(site_hooks._finish)
-    server_audit.AuditedGrid._outgoing = clock.wrap(server_audit.AuditedGrid._outgoing)
-    server_audit.AuditedGrid._incoming = clock.wrap(server_audit.AuditedGrid._incoming)
+    pipeline.journal = clock.wrap(pipeline.journal)
+    ServerJournal.outgoing = clock.wrap(ServerJournal.outgoing)
+    ServerJournal.incoming = clock.wrap(ServerJournal.incoming)
 
     def on_round(record: dict) -> None:
         now, cpu = time.perf_counter(), time.process_time()
@@ -110,7 +111,8 @@ def plain_run(rounds: int, samples: int) -> list[float]:
         walls.append(time.perf_counter() - last[0])
         last[0] = time.perf_counter()
 
-    Federation(_grid(_sites(out, samples, None)), _plan(out, rounds, False), on_round=on_round).run()
+    plan, sites = _sites(_plan(out, rounds, False), samples, audit=False)
+    Federation(_grid(sites), plan, None, on_round=on_round).run()
     return walls
 
 

@@ -5,7 +5,7 @@
 
 For each architecture and method, the messages of one plain round (no secure aggregation) are
 built as the federation builds them, from random float32 vectors of the method's trainable size,
-and measured with `fedmed.fl.serde.message_bytes` (what Flower serializes and ships, each object
+and measured with `fedmed.fl.wire.sizes.message_bytes` (what Flower serializes and ships, each object
 once):
 
 - `train_request`: server -> site, the global vector + the round's instructions
@@ -36,12 +36,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from fedmed.fl.plan import ModelSpec, RunPlan  # noqa: E402
-from fedmed.fl.protocol import CONFIG, EVALUATE, GLOBAL, LAYOUT_KEY, METRICS, TRAIN, UPDATE, Instructions  # noqa: E402
-from fedmed.fl.serde import Layout, message_bytes, pack  # noqa: E402
+from fedmed.config import PrivacySection  # noqa: E402
+from fedmed.fl.launch.inprocess import run_inprocess  # noqa: E402
+from fedmed.fl.launch.simulation import simulation_sites  # noqa: E402
+from fedmed.fl.plan import make_plan  # noqa: E402
+from fedmed.fl.server.rounds import round_instructions  # noqa: E402
+from fedmed.fl.wire.layout import Layout, pack  # noqa: E402
+from fedmed.fl.wire.messages import CONFIG, EVALUATE, GLOBAL, LAYOUT_KEY, METRICS, TRAIN, UPDATE  # noqa: E402
+from fedmed.fl.wire.sizes import message_bytes  # noqa: E402
 from fedmed.models import METHODS, MethodOptions, apply_method, build_sam  # noqa: E402
 
 
@@ -62,9 +67,9 @@ def round_messages(arch: str, method: str, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     vector = rng.standard_normal(layout.numel, dtype=np.float32)
     update = rng.standard_normal(layout.numel, dtype=np.float32) * 1e-3
-    instructions = Instructions.for_round(RunPlan(model=ModelSpec(arch=arch, method=method)), 1, num_classes=2,
-                                          num_clients=3)
-    digest = ConfigRecord({"digest": layout.digest})
+    instructions = round_instructions(make_plan(model={"arch": arch, "method": method}), 1, num_classes=2,
+                                      num_clients=3)
+    digest = layout.record()
 
     def size(content: RecordDict, message_type: str) -> int:
         return message_bytes(Message(content, dst_node_id=1, message_type=message_type, group_id="1"))
@@ -92,17 +97,12 @@ def round_messages(arch: str, method: str, seed: int = 0) -> dict:
 
 def measured_round() -> dict:
     """One real in-process round of tiny fedmsa: the bytes the server loop counted, per site."""
-    from fedmed.fl.client_app import ClientHooks, make_client_app
-    from fedmed.fl.inprocess import InProcessGrid
-    from fedmed.fl.rounds import run_federation
-    from fedmed.fl.site import SiteSettings
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    app = make_client_app(lambda c: SiteSettings(partition=int(c.node_config["partition-id"]), samples_per_site=5,
-                                                 device="cpu"), ClientHooks())
+    sites = simulation_sites("synthetic", clients=3, samples_per_site=5, device="cpu")
     with tempfile.TemporaryDirectory() as out:
-        plan = RunPlan(model=ModelSpec(image_size=32), rounds=1, batch_size=4, out=out, join_timeout=1)
-        metrics = run_federation(InProcessGrid(app, [{"partition-id": k} for k in range(3)]), plan)
+        plan = make_plan(federation={"rounds": 1}, model={"image_size": 32}, training={"batch_size": 4},
+                         secure_aggregation={"enabled": False}, privacy=PrivacySection(mode="none"), out=out,
+                         join_timeout=1)
+        metrics = run_inprocess(plan, sites)
     site = metrics["rounds"][0]["sites"]["site-0"]
     return {"train_sent": site["bytes"]["train_sent"], "evaluate_sent": site["bytes"]["evaluate_sent"],
             "train_received": site["bytes"]["train_received"],

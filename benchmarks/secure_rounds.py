@@ -4,7 +4,7 @@ SAM, FedMSA, 3 synthetic sites), run plain and secure side by side, alternating 
     python benchmarks/secure_rounds.py                      # in-process grid, 3 rounds, 2 runs each
     python benchmarks/secure_rounds.py --engine ray         # Flower's simulation engine, as `fedmed simulate`
 
-Sites use the plain hooks (no policy, DP or site audit log), so the difference between the two
+Sites have no policy, DP or site audit log, so the difference between the two
 columns is secure aggregation alone: 4 more message exchanges a round (setup, share keys,
 consistency, unmask; the masked input rides with the train message), the key agreements, masking
 and unmasking. Per round: wall seconds (the median over every round of every run, and the
@@ -24,27 +24,22 @@ from pathlib import Path
 
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmed.fl.client_app import ClientHooks, make_client_app
-from fedmed.fl.enrolment import secure_simulation
-from fedmed.fl.inprocess import InProcessGrid
-from fedmed.fl.plan import ModelSpec, RunPlan
-from fedmed.fl.rounds import run_federation
-from fedmed.fl.simulation import simulate
-from fedmed.fl.site import SiteSettings
+from fedmed.config import PrivacySection
+from fedmed.fl.launch.inprocess import run_inprocess
+from fedmed.fl.launch.simulation import prepare_simulation, simulate, simulation_sites
+from fedmed.fl.plan import make_plan
 
 
 def run(mode: str, out: Path, args: argparse.Namespace) -> dict:
-    plan = RunPlan(model=ModelSpec(image_size=args.image_size), rounds=args.rounds, num_clients=args.sites,
-                   min_clients=2, out=str(out))
-    sites = [SiteSettings(partition=k, num_sites=args.sites, samples_per_site=args.samples_per_site, device="cpu")
-             for k in range(args.sites)]
-    plan, sites = secure_simulation(plan, sites, enabled=mode == "secure")
+    plan = make_plan(federation={"rounds": args.rounds, "min_clients": 2}, model={"image_size": args.image_size},
+                     secure_aggregation={"enabled": mode == "secure"}, privacy=PrivacySection(mode="none"),
+                     num_clients=args.sites, out=str(out))
+    sites = simulation_sites("synthetic", clients=args.sites, samples_per_site=args.samples_per_site, device="cpu")
+    plan, sites = prepare_simulation(plan, sites, policy=None, audit=False)
     if args.engine == "ray":
-        return simulate(plan, sites, hooks=ClientHooks())
+        return simulate(plan, sites)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    grid = InProcessGrid(make_client_app(lambda context: sites[int(context.node_config["partition-id"])],
-                                         ClientHooks()), [{"partition-id": k} for k in range(args.sites)])
-    return run_federation(grid, plan)
+    return run_inprocess(plan, sites)
 
 
 def summary(runs: list[dict]) -> dict:

@@ -3,7 +3,19 @@
     config = load_federation_config("federation.toml")   # ConfigError lists every problem, by field
     request = config.round_request(tensor_names)          # what a site checks against its policy
 
-Sections and their defaults are the fields below; `examples/federation.toml` is a complete example.
+This module is the one description of a federation's settings: the run plan (`fedmed.fl.plan`),
+the instructions a site receives each round (`fedmed.fl.wire.instructions`) and the site's own
+checks all read these sections as they are, and every default is written here once (or, for
+local training and the inserted modules, taken from `fedmed.train.TrainConfig` and
+`fedmed.models.MethodOptions`). README "Configuration" tables every key with its default.
+
+    [federation]          name, rounds, min_clients, fraction_fit, seed
+    [model]               arch, method, image_size, lora_rank, lora_alpha, adapter_ratio, checkpoint, pretrained
+    [training]            local_epochs, lr, batch_size, weight_decay
+    [secure_aggregation]  enabled, threshold, clip, precision_bits, graph
+    [privacy]             mode, epsilon, delta, noise_multiplier, max_grad_norm
+    [server]              address, tls, certificate
+
 Relative paths (`model.checkpoint`, `server.certificate`) are relative to the config file.
 """
 
@@ -16,13 +28,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from fedmed.models import ARCH_PRESETS, METHODS, MethodOptions, ModelConfig
+from fedmed.train import TrainConfig
 from policies import (
-    DPMode,
-    Method,
     PrivacySettings,
     RoundRequest,
     SecureAggregationSettings,
     ServerInfo,
+    TrainingSettings,
     pem_fingerprint,
     validation_problems,
 )
@@ -32,9 +45,14 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["ConfigError", "FederationConfig", "load_federation_config"]
+__all__ = ["ConfigError", "FederationConfig", "FederationSection", "ModelSection", "ModelSpec", "PrivacySection",
+           "SecureAggregationSection", "ServerSection", "TrainingSection", "load_federation_config",
+           "make_round_request"]
 
-Arch = Literal["tiny", "vit_b", "vit_l", "vit_h"]
+Arch = Literal[tuple(ARCH_PRESETS)]  # type: ignore[valid-type]  # the presets' registry
+Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the methods' registry
+DPMode = Literal["none", "sample", "client"]
+DEFAULT_EPSILON = 8.0  # a DP mode without a target: the strict policy's cap, spent over the planned rounds
 
 
 class ConfigError(ValueError):
@@ -66,51 +84,122 @@ def _existing_file(value: Path | None, info: ValidationInfo) -> Path | None:
 
 class FederationSection(_Section):
     name: str = Field(default="fedmed", min_length=1)
-    method: Method
-    rounds: int = Field(ge=1)
-    min_clients: int = Field(default=3, ge=1, description="fewest clients that train in a round")
-    fraction_fit: float = Field(default=1.0, gt=0, le=1)
-    local_epochs: int = Field(default=1, ge=1)
-    seed: int = 0
-    lr: float = Field(default=1e-4, gt=0)
-    batch_size: int = Field(default=2, ge=1)
+    rounds: int = Field(default=5, ge=1)
+    min_clients: int = Field(default=2, ge=1, description="fewest sites whose update a round needs")
+    fraction_fit: float = Field(default=1.0, gt=0, le=1, description="share of the sites chosen to train a round")
+    seed: int = Field(default=0, description="the run seed: model initialisation, site sampling")
 
 
-class ModelSection(_Section):
+class _ModelShape(_Section):
+    """What fixes the model every party builds: architecture, method and the inserted modules' sizes."""
+
     arch: Arch = "tiny"
-    image_size: int | None = Field(default=None, ge=16, multiple_of=16)
+    method: Method = "fedmsa"
+    image_size: int | None = Field(default=None, ge=16, multiple_of=min(a.patch_size for a in ARCH_PRESETS.values()),
+                                   description="default: the preset's own; a multiple of its patch size")
+    lora_rank: int = Field(default=MethodOptions.lora_rank, ge=1)
+    lora_alpha: float | None = Field(default=MethodOptions.lora_alpha, gt=0, description="default: the rank (scale 1)")
+    adapter_ratio: float = Field(default=MethodOptions.adapter_ratio, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _whole_patches(self) -> _ModelShape:
+        patch = ARCH_PRESETS[self.arch].patch_size
+        if self.image_size is not None and self.image_size % patch:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of {self.arch}'s {patch} px patches")
+        return self
+
+    @property
+    def size(self) -> int:
+        """The input size in px: `image_size`, else the preset's."""
+        return self.image_size or ARCH_PRESETS[self.arch].image_size
+
+
+class ModelSection(_ModelShape):
+    """`[model]` of federation.toml: the model and where its starting weights come from."""
+
     checkpoint: Path | None = None
     pretrained: bool = Field(default=True, description="without a checkpoint, start from the preset's built-in "
                                                        "weights (tiny has them); false: random weights")
-    lora_rank: int = Field(default=4, ge=1)
-    lora_alpha: float = Field(default=4.0, gt=0)
-    adapter_ratio: float = Field(default=0.25, gt=0, le=1)
 
     _checkpoint_exists = field_validator("checkpoint")(_existing_file)
 
 
+class ModelSpec(_ModelShape):
+    """The model as it travels to the sites: the shape, and the digest of the starting weights each
+    site checks its own copy against (None: random weights from the run seed)."""
+
+    checkpoint_sha256: str | None = None
+
+    def build_config(self, *, num_classes: int, seed: int, checkpoint: str | None) -> ModelConfig:
+        """What `fedmed.models.build_model` takes, with `checkpoint` the builder's own copy of the weights."""
+        return ModelConfig(arch=self.arch, method=self.method, image_size=self.image_size, checkpoint=checkpoint,
+                           lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, adapter_ratio=self.adapter_ratio,
+                           num_classes=num_classes, seed=seed)
+
+
+class TrainingSection(_Section):
+    """A site's local training in each round."""
+
+    local_epochs: int = Field(default=TrainConfig.epochs, ge=1)
+    lr: float = Field(default=TrainConfig.lr, gt=0, description="AdamW learning rate")
+    batch_size: int = Field(default=TrainConfig.batch_size, ge=1)
+    weight_decay: float = Field(default=TrainConfig.weight_decay, ge=0)
+
+    def train_config(self, *, seed: int, device: str) -> TrainConfig:
+        return TrainConfig(epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
+                           weight_decay=self.weight_decay, seed=seed, device=device)
+
+
 class SecureAggregationSection(_Section):
     enabled: bool = True
-    threshold: int | None = Field(default=None, ge=1, description="default: ceil(2/3 of min_clients)")
+    threshold: int | None = Field(default=None, ge=1, description="default: ceil(2n/3) of the n share holders")
     clip: float = Field(default=1.0, gt=0, description="values are clipped to [-clip, clip] before quantizing")
     precision_bits: int = Field(default=16, ge=2, le=32)
     graph: Literal["complete", "sparse"] = "complete"
+    weighting: Literal["samples", "equal"] = Field(default="samples", description="each site's weight in the sum: "
+                                                   "its training samples, or equal weights (no count revealed)")
+
+    def degree_for(self, num_clients: int) -> int | None:
+        """Neighbours per site on the SecAgg+ graph (about 2 log2 n, even, below n); None: complete graph."""
+        if self.graph != "sparse":
+            return None
+        degree = 2 * math.ceil(math.log2(max(num_clients, 2)))
+        degree = min(degree, num_clients - 1 - (num_clients - 1) % 2)
+        return degree if degree >= 2 and degree + 1 < num_clients else None
+
+    def threshold_for(self, num_clients: int) -> int:
+        """The threshold t of a round of `num_clients`: the explicit one, else ceil(2/3) of each site's
+        share holders (n, or degree + 1 on the sparse graph), raised to a strict majority of them."""
+        degree = self.degree_for(num_clients)
+        holders = num_clients if degree is None else degree + 1
+        wanted = self.threshold if self.threshold is not None else math.ceil(2 * holders / 3)
+        return max(wanted, holders // 2 + 1, 2)
 
 
 class PrivacySection(_Section):
-    mode: DPMode = "none"
-    epsilon: float | None = Field(default=None, gt=0, description="each site's target over the planned rounds")
+    mode: DPMode = "sample"
+    epsilon: float | None = Field(default=None, gt=0, description="each site's target over the planned rounds; "
+                                                                  f"default {DEFAULT_EPSILON:g} in a DP mode")
     delta: float | None = Field(default=None, gt=0, lt=1, description="default: 1/N at each site")
     noise_multiplier: float | None = Field(default=None, gt=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_target(cls, data):
+        """A DP mode with neither a target nor a noise multiplier targets `DEFAULT_EPSILON`."""
+        if isinstance(data, dict) and data.get("mode", cls.model_fields["mode"].default) != "none" \
+                and data.get("epsilon") is None and data.get("noise_multiplier") is None:
+            data = {**data, "epsilon": DEFAULT_EPSILON}
+        return data
 
     @model_validator(mode="after")
     def _budget(self) -> PrivacySection:
         given = [k for k in ("epsilon", "noise_multiplier") if getattr(self, k) is not None]
         if self.mode == "none" and given:
             raise ValueError(f"{' and '.join(given)} set but mode is 'none'; set mode to 'sample' or 'client'")
-        if self.mode != "none" and len(given) != 1:
-            raise ValueError(f"mode '{self.mode}' needs exactly one of epsilon or noise_multiplier")
+        if len(given) > 1:
+            raise ValueError(f"mode '{self.mode}' takes one of epsilon or noise_multiplier, not both")
         return self
 
 
@@ -122,72 +211,80 @@ class ServerSection(_Section):
     _certificate_exists = field_validator("certificate")(_existing_file)
 
 
+def aggregation_problems(federation: FederationSection, secure: SecureAggregationSection) -> list[str]:
+    """Why secure aggregation cannot run with these sections (empty: it can)."""
+    n = federation.min_clients
+    if not secure.enabled:
+        return []
+    if n < 2:
+        return ["secure_aggregation needs federation.min_clients >= 2 (a sum of one is no secret)"]
+    if secure.threshold is not None and secure.threshold > n:
+        return [f"secure_aggregation.threshold ({secure.threshold}) exceeds federation.min_clients ({n}); "
+                "a round with the fewest clients could never unmask"]
+    return []
+
+
 class FederationConfig(_Section):
-    federation: FederationSection
+    federation: FederationSection = FederationSection()
     model: ModelSection = ModelSection()
+    training: TrainingSection = TrainingSection()
     secure_aggregation: SecureAggregationSection = SecureAggregationSection()
     privacy: PrivacySection = PrivacySection()
     server: ServerSection = ServerSection()
 
     @model_validator(mode="after")
     def _aggregation_fits(self) -> FederationConfig:
-        sa, n = self.secure_aggregation, self.federation.min_clients
-        if sa.enabled and n < 2:
-            raise ValueError("secure_aggregation needs federation.min_clients >= 2 (a sum of one is no secret)")
-        if sa.enabled and sa.threshold is not None and sa.threshold > n:
-            raise ValueError(
-                f"secure_aggregation.threshold ({sa.threshold}) exceeds federation.min_clients ({n}); "
-                "a round with the fewest clients could never unmask"
-            )
+        problems = aggregation_problems(self.federation, self.secure_aggregation)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
-    def threshold_for(self, num_clients: int) -> int:
-        """The secure-aggregation threshold for a round of `num_clients`: the explicit one, or ceil(2n/3)."""
-        explicit = self.secure_aggregation.threshold
-        return explicit if explicit is not None else max(1, math.ceil(2 * num_clients / 3))
-
-    def round_request(
-        self,
-        tensor_names: Sequence[str],
-        *,
-        round: int = 1,
-        num_clients: int | None = None,
-        local_samples: int | None = None,
-        expected_bytes: int | None = None,
-        simulation: bool = False,
-    ) -> RoundRequest:
-        """The round instructions this config makes, as a site checks them (`policies.check_round`).
-
-        `num_clients` defaults to `federation.min_clients`, the smallest round the config allows.
-        `simulation=True` marks a one-process run: no transport, so TLS is not checked.
-        """
-        n = self.federation.min_clients if num_clients is None else num_clients
-        sa, dp, server = self.secure_aggregation, self.privacy, self.server
-        certificate = None
+    def server_info(self, *, simulation: bool = False) -> ServerInfo:
+        """The server as this config describes it (`simulation`: no transport, TLS not checked)."""
+        server, certificate = self.server, None
         if server.certificate is not None:
             try:
                 certificate = pem_fingerprint(server.certificate.read_bytes())
             except (OSError, ValueError) as exc:
                 raise ConfigError(server.certificate, [f"server.certificate: {exc}"]) from None
-        return RoundRequest(
-            round=round,
-            method=self.federation.method,
-            tensor_names=tuple(tensor_names),
-            secure_aggregation=SecureAggregationSettings(
-                enabled=sa.enabled, threshold=self.threshold_for(n) if sa.enabled else None, num_clients=n
-            ),
-            dp=PrivacySettings(
-                mode=dp.mode,
-                epsilon_target=dp.epsilon,
-                delta=dp.delta,
-                noise_multiplier=dp.noise_multiplier,
-                max_grad_norm=dp.max_grad_norm if dp.mode != "none" else None,
-            ),
-            server=ServerInfo(address=server.address, certificate_sha256=certificate,
-                              tls=None if simulation else server.tls),  # fmt: skip
-            local_samples=local_samples,
-            expected_bytes=expected_bytes,
-        )
+        return ServerInfo(address=server.address, certificate_sha256=certificate,
+                          tls=None if simulation else server.tls)
+
+    def round_request(self, tensor_names: Sequence[str], *, round: int = 1, num_clients: int | None = None,
+                      local_samples: int | None = None, expected_bytes: int | None = None,
+                      simulation: bool = False) -> RoundRequest:
+        """The round this config asks of a site, as the site checks it (`policies.check_round`).
+
+        `num_clients` defaults to `federation.min_clients`, the smallest round the config allows.
+        """
+        return make_round_request(
+            method=self.model.method, tensor_names=tensor_names, secure_aggregation=self.secure_aggregation,
+            training=self.training, privacy=self.privacy, server=self.server_info(simulation=simulation), round=round,
+            num_clients=self.federation.min_clients if num_clients is None else num_clients,
+            local_samples=local_samples, expected_bytes=expected_bytes)
+
+
+def make_round_request(*, method: str, tensor_names: Sequence[str], secure_aggregation: SecureAggregationSection,
+                       training: TrainingSection, privacy: PrivacySection, server: ServerInfo, round: int,
+                       num_clients: int, local_samples: int | None, expected_bytes: int | None) -> RoundRequest:
+    """A round's request as `policies` reads it, from the config's sections: the one mapping used by
+    a coordinator's `fedmed policy check` and by every site before it trains (`num_clients`: the
+    round's participants)."""
+    sa = secure_aggregation
+    degree = sa.degree_for(num_clients)
+    return RoundRequest(
+        round=round, method=method, tensor_names=tuple(tensor_names),
+        secure_aggregation=SecureAggregationSettings(
+            enabled=sa.enabled, threshold=sa.threshold_for(num_clients) if sa.enabled else None,
+            num_clients=num_clients, holders=num_clients if degree is None else degree + 1,
+            weighting=sa.weighting if sa.enabled else None),
+        training=TrainingSettings(lr=training.lr, local_epochs=training.local_epochs,
+                                  batch_size=training.batch_size),
+        dp=PrivacySettings(mode=privacy.mode, epsilon_target=privacy.epsilon, delta=privacy.delta,
+                           noise_multiplier=privacy.noise_multiplier,
+                           max_grad_norm=privacy.max_grad_norm if privacy.mode != "none" else None),
+        server=server, local_samples=local_samples, expected_bytes=expected_bytes,
+    )
 
 
 def load_federation_config(path: str | Path) -> FederationConfig:

@@ -24,6 +24,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fedmed.config import PrivacySection
+from fedmed.fl.launch.inprocess import run_inprocess
+from fedmed.fl.launch.simulation import prepare_simulation, simulation_sites
+from fedmed.fl.plan import make_plan, override_privacy
+from fedmed.fl.server.plots import save_dice_plot
+from fedmed.fl.server.rounds import FederationError
+from fedmed.fl.server.run_dir import RunDir
+from fedmed.sweep_plots import save_bytes_plot, save_dice_vs_epsilon
+from fedmed.train import TrainConfig
+
 ROW_FIELDS = ("method", "epsilon_target", "epsilon_spent", "delta", "rounds", "final_dice", "first_dice",
               "upload_bytes_per_site_round", "download_bytes_per_site_round", "bytes_per_round", "wall_s",
               "status", "error", "run_dir")
@@ -41,9 +51,9 @@ class SweepConfig:
     arch: str = "tiny"
     image_size: int | None = None
     pretrained: bool = True  # the preset's built-in weights (tiny has them); False: random weights
-    batch_size: int = 8
-    lr: float = 3e-3
-    max_grad_norm: float = 1.0
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    max_grad_norm: float = PrivacySection().max_grad_norm
     delta: float = 1e-5  # the strict policy's cap (a site would otherwise take 1/N)
     dp_mode: str = "sample"
     secure_aggregation: bool = False
@@ -55,39 +65,27 @@ def run_name(method: str, epsilon: float | None) -> str:
     return f"{method}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}"
 
 
-def _plan_and_sites(config: SweepConfig, method: str, epsilon: float | None, out: Path):
-    from fedmed.fl.enrolment import secure_simulation
-    from fedmed.fl.equip import equip_sites, privacy_section
-    from fedmed.fl.plan import make_plan
-    from fedmed.fl.site import SiteSettings
-
-    privacy = privacy_section({}, mode="none" if epsilon is None else config.dp_mode, epsilon=epsilon,
-                              max_grad_norm=config.max_grad_norm, delta=config.delta)
-    model = {"arch": config.arch, "method": method, "image_size": config.image_size, "pretrained": config.pretrained}
-    plan = make_plan(model=model, name=out.name, rounds=config.rounds, batch_size=config.batch_size, lr=config.lr,
-                     seed=config.seed, num_clients=config.sites, min_clients=min(2, config.sites), join_timeout=1,
-                     privacy=privacy, out=str(out))
-    sites = [SiteSettings(partition=k, num_sites=config.sites, samples_per_site=config.samples_per_site)
-             for k in range(config.sites)]
-    plan, sites = secure_simulation(plan, sites, enabled=config.secure_aggregation)
-    return plan, equip_sites(sites, out=out, policy=config.policy)
+def plan_and_sites(config: SweepConfig, method: str, epsilon: float | None, out: Path):
+    """One run of the grid: its plan and its sites, assembled as `fedmed simulate` assembles them."""
+    privacy = override_privacy(PrivacySection(), mode="none" if epsilon is None else config.dp_mode, epsilon=epsilon,
+                               max_grad_norm=config.max_grad_norm, delta=config.delta)
+    plan = make_plan(
+        federation={"name": out.name, "rounds": config.rounds, "seed": config.seed, "min_clients": min(2, config.sites)},
+        model={"arch": config.arch, "method": method, "image_size": config.image_size, "pretrained": config.pretrained},
+        training={"batch_size": config.batch_size, "lr": config.lr},
+        secure_aggregation={"enabled": config.secure_aggregation}, privacy=privacy,
+        num_clients=config.sites, join_timeout=1, out=str(out))
+    sites = simulation_sites("synthetic", clients=config.sites, samples_per_site=config.samples_per_site)
+    return prepare_simulation(plan, sites, policy=config.policy)
 
 
 def run_one(config: SweepConfig, method: str, epsilon: float | None, out: Path,
             on_round: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """One federation of the grid, in-process; its row of `sweep.csv`."""
-    from fedmed.fl.client_app import make_client_app
-    from fedmed.fl.inprocess import InProcessGrid
-    from fedmed.fl.plots import save_dice_plot
-    from fedmed.fl.rounds import FederationError, run_federation
-    from fedmed.fl.state import RunDir
-
-    plan, sites = _plan_and_sites(config, method, epsilon, out)
-    grid = InProcessGrid(make_client_app(lambda context: sites[int(context.node_config["partition-id"])]),
-                         [{"partition-id": k} for k in range(len(sites))])
+    plan, sites = plan_and_sites(config, method, epsilon, out)
     started, error = time.perf_counter(), None
     try:
-        metrics = run_federation(grid, plan, on_round=on_round)
+        metrics = run_inprocess(plan, sites, on_round=on_round)
     except FederationError as failure:
         metrics, error = RunDir(out).read_metrics(), str(failure)
     wall = time.perf_counter() - started
@@ -133,8 +131,6 @@ def run_sweep(config: SweepConfig, out: str | Path, *, on_run: Callable[[dict], 
             write_csv(rows, out / "sweep.csv")
             if on_run:
                 on_run(row)
-    from fedmed.sweep_plots import save_bytes_plot, save_dice_vs_epsilon
-
     save_dice_vs_epsilon(rows, out / "dice_vs_epsilon.png")
     save_bytes_plot(rows, out / "bytes_per_round.png")
     return rows

@@ -28,6 +28,7 @@ from policies.messages import (
     SecureAggregationSettings,
     ServerInfo,
     TensorSummary,
+    TrainingSettings,
 )
 from policies.schema import METHODS, DPMode, Method, Policy
 from policies.servers import normalize_fingerprint, pem_fingerprint
@@ -45,6 +46,7 @@ __all__ = [
     "SecureAggregationSettings",
     "ServerInfo",
     "TensorSummary",
+    "TrainingSettings",
     "Violation",
     "builtin_names",
     "check",

@@ -179,6 +179,16 @@ def check_round(policy: Policy, request: RoundRequest, *, epsilon_projected: flo
                 why += f", and {rules.min_threshold_fraction:g} of {sa.num_clients} clients"
             out.append(Violation(rule="secure_aggregation.min_threshold", field="secure_aggregation.threshold",
                                  message=f"threshold {sa.threshold} is below this site's floor of {floor} ({why})"))
+        holders = sa.holders or sa.num_clients
+        if sa.threshold is not None and 2 * sa.threshold - holders <= rules.max_colluders:
+            out.append(Violation(rule="secure_aggregation.max_colluders", field="secure_aggregation.threshold",
+                                 message=f"threshold {sa.threshold} of {holders} share holders tolerates "
+                                         f"{max(0, 2 * sa.threshold - holders - 1)} colluding site(s) "
+                                         f"(2t - h - 1); this site assumes {rules.max_colluders}"))
+        if sa.weighting is not None and sa.weighting not in rules.weighting:
+            out.append(Violation(rule="secure_aggregation.weighting", field="secure_aggregation.weighting",
+                                 message=f"weighting '{sa.weighting}' is not accepted; this site accepts "
+                                         f"{', '.join(rules.weighting)}"))
 
     dp, privacy = request.dp, policy.privacy
     out += _dp_mode(policy, dp.mode, "dp.mode")
@@ -192,9 +202,23 @@ def check_round(policy: Policy, request: RoundRequest, *, epsilon_projected: flo
                                          "before the round; set an epsilon target"))  # fmt: skip
         out += _delta(policy, dp.delta, "dp.delta")
 
+    out += _training(policy, request)
     out += _bytes_cap(policy, request.expected_bytes, "expected_bytes")
     out += _server(policy, request)
     out += _samples(policy, request.local_samples)
+    return out
+
+
+def _training(policy: Policy, request: RoundRequest) -> list[Violation]:
+    """The server's local-training numbers against the policy's [min, max] bounds."""
+    if request.training is None:
+        return []
+    out = []
+    for name, value in request.training.model_dump().items():
+        low, high = getattr(policy.training, name)
+        if not low <= value <= high:
+            out.append(Violation(rule=f"training.{name}", field=f"training.{name}",
+                                 message=f"{name} {value:g} is outside this site's range [{low:g}, {high:g}]"))
     return out
 
 

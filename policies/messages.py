@@ -11,11 +11,12 @@ import math
 from collections import Counter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from policies.schema import DPMode
+from policies.schema import DPMode, Weighting
 from policies.servers import normalize_fingerprint
 
 __all__ = [
     "SecureAggregationSettings",
+    "TrainingSettings",
     "PrivacySettings",
     "ServerInfo",
     "RoundRequest",
@@ -36,9 +37,14 @@ def _no_repeats(names: list[str] | tuple[str, ...]) -> None:
 
 
 class SecureAggregationSettings(_Message):
+    """`num_clients`: the round's participants; `holders`: how many hold each site's shares (the
+    participants on the complete graph, degree + 1 on the sparse one; None: the participants)."""
+
     enabled: bool
     threshold: int | None = Field(default=None, ge=1)
     num_clients: int = Field(ge=1)
+    holders: int | None = Field(default=None, ge=1)
+    weighting: Weighting | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> SecureAggregationSettings:
@@ -47,6 +53,15 @@ class SecureAggregationSettings(_Message):
         if self.threshold is not None and self.threshold > self.num_clients:
             raise ValueError(f"threshold ({self.threshold}) exceeds num_clients ({self.num_clients})")
         return self
+
+
+class TrainingSettings(_Message):
+    """What the server sets for a site's local training."""
+
+    lr: float = Field(gt=0)
+    local_epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    proximal_mu: float = Field(default=0.0, ge=0)
 
 
 class PrivacySettings(_Message):
@@ -87,6 +102,7 @@ class RoundRequest(_Message):
     secure_aggregation: SecureAggregationSettings
     dp: PrivacySettings
     server: ServerInfo
+    training: TrainingSettings | None = None
     local_samples: int | None = Field(default=None, ge=0)
     expected_bytes: int | None = Field(default=None, ge=0)
 

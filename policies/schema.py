@@ -13,14 +13,22 @@ says otherwise, so a missing rule is an error rather than a silent "anything goe
     deny                     optional; patterns that may never leave, even if `allow` matches
     [secure_aggregation]
     required                 whether every round must use secure aggregation
-    min_clients              fewest clients in a securely aggregated round
+    min_clients              fewest clients in a securely aggregated round: its participants, and again
+                             the survivors whose inputs are in the sum, before any share is revealed
     min_threshold            fewest surviving clients needed to unmask (the protocol's t)
     min_threshold_fraction   optional (default 0); t must also be >= ceil(fraction * clients)
+    max_colluders            optional (default 0); sites the policy assumes may collude with the server:
+                             the round must have 2t - h > max_colluders (h: a site's share holders)
+    weighting                optional (default both); how the site lets its update be weighted in the
+                             sum: "samples" (its count, capped by the round) and/or "equal"
     [privacy]
     required                 whether every round must be differentially private
     modes                    optional (default both); DP modes accepted: "sample" (DP-SGD), "client"
     max_epsilon              optional; cap on the site's cumulative epsilon (absent: no cap)
     max_delta                optional; cap on delta (absent: no cap beyond delta < 1)
+    [training]               optional; bounds on what the server sets for local training, each a
+                             [min, max] pair (defaults: lr [1e-7, 1], local_epochs [1, 100],
+                             batch_size [1, 4096], proximal_mu [0, 10])
     [servers]
     require_tls              whether the transport must be TLS (not checkable in a one-process simulation)
     allowed                  server allowlist: `sha256:<hex>` certificate fingerprints or `host:port`
@@ -43,9 +51,11 @@ __all__ = [
     "METHODS",
     "Method",
     "DPMode",
+    "Weighting",
     "Policy",
     "TensorRules",
     "SecureAggregationRules",
+    "TrainingRules",
     "PrivacyRules",
     "ServerRules",
 ]
@@ -53,6 +63,7 @@ __all__ = [
 Method = Literal["fedsam", "fedmsa", "flap-sam", "samed"]
 METHODS: tuple[str, ...] = ("fedsam", "fedmsa", "flap-sam", "samed")
 DPMode = Literal["none", "sample", "client"]
+Weighting = Literal["samples", "equal"]
 
 
 class _Rules(BaseModel):
@@ -78,6 +89,8 @@ class SecureAggregationRules(_Rules):
     min_clients: int = Field(ge=2)
     min_threshold: int = Field(ge=1)
     min_threshold_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_colluders: int = Field(default=0, ge=0)
+    weighting: tuple[Weighting, ...] = Field(default=("samples", "equal"), min_length=1)
 
     @model_validator(mode="after")
     def _threshold_fits(self) -> SecureAggregationRules:
@@ -92,6 +105,24 @@ class SecureAggregationRules(_Rules):
         """The smallest threshold this policy accepts for a round of `num_clients` clients."""
         by_fraction = math.ceil(self.min_threshold_fraction * num_clients - 1e-9)
         return max(self.min_threshold, by_fraction)
+
+
+def _range(value: tuple[float, float]) -> tuple[float, float]:
+    low, high = value
+    if low > high:
+        raise ValueError(f"the range [{low:g}, {high:g}] is empty: its minimum exceeds its maximum")
+    return value
+
+
+class TrainingRules(_Rules):
+    """Bounds on the local training a server may ask for: each a [min, max] pair."""
+
+    lr: tuple[float, float] = Field(default=(1e-7, 1.0))
+    local_epochs: tuple[int, int] = Field(default=(1, 100))
+    batch_size: tuple[int, int] = Field(default=(1, 4096))
+    proximal_mu: tuple[float, float] = Field(default=(0.0, 10.0))
+
+    _ranges = field_validator("lr", "local_epochs", "batch_size", "proximal_mu")(_range)
 
 
 class PrivacyRules(_Rules):
@@ -127,5 +158,6 @@ class Policy(BaseModel):
     max_bytes_per_round: int | None = Field(default=None, gt=0)
     tensors: TensorRules
     secure_aggregation: SecureAggregationRules
+    training: TrainingRules = TrainingRules()
     privacy: PrivacyRules
     servers: ServerRules

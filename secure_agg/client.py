@@ -357,7 +357,8 @@ class ClientSession:
         if len(u3) < st.quorum:
             raise TooFewSurvivorsError(f"{len(u3)} survivors, {st.quorum} needed")
         survivors = sorted(u3)
-        signature = crypto.sign(self._identity, survivors_payload(st.round_id, st.config.digest(), survivors))
+        signature = crypto.sign(self._identity, survivors_payload(st.round_id, st.config.digest(), sorted(st.keys),
+                                                                  survivors))
         st.signed_survivors = survivors
         st.progress = Progress.SIGNED
         return ConsistencySignature(round_id=st.round_id, sender=me, survivors_signature=signature)
@@ -385,7 +386,7 @@ class ClientSession:
             if st.revealed.get(v, "seed") != "seed":
                 raise DoubleRevealError(f"the key share of client {v} was already revealed; "
                                         "refusing its self-mask share", client=v)
-        payload = survivors_payload(st.round_id, st.config.digest(), st.signed_survivors)
+        payload = survivors_payload(st.round_id, st.config.digest(), sorted(st.keys), st.signed_survivors)
         signers: set[int] = set()
         for s in msg.signatures:
             if s.client_id in signers:

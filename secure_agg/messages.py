@@ -64,11 +64,17 @@ def keys_payload(round_id: str, config_digest: bytes, client_id: int, enc_pk: by
     return DOMAIN + b"keys" + lp(round_id.encode()) + config_digest + u64(client_id) + enc_pk + mask_pk
 
 
-def survivors_payload(round_id: str, config_digest: bytes, survivors: list[int]) -> bytes:
-    ids = sorted(survivors)
-    return DOMAIN + b"survivors" + lp(round_id.encode()) + config_digest + struct.pack(">I", len(ids)) + b"".join(
-        u64(c) for c in ids
-    )
+def _ids(clients: list[int]) -> bytes:
+    ids = sorted(clients)
+    return struct.pack(">I", len(ids)) + b"".join(u64(c) for c in ids)
+
+
+def survivors_payload(round_id: str, config_digest: bytes, advertised: list[int], survivors: list[int]) -> bytes:
+    """What a client signs at the consistency check: the round, its config, U1 (the clients whose
+    keys it received, from which it computes its quorum) and U3 (the survivors). Signatures agree
+    only between clients shown the same U1 and U3, so every signer counts the same quorum."""
+    return (DOMAIN + b"survivors/v2" + lp(round_id.encode()) + config_digest + _ids(advertised)
+            + _ids(survivors))
 
 
 def seed_commitment(round_id: str, client_id: int, seed: bytes) -> bytes:

@@ -233,7 +233,8 @@ class ServerSession:
         np.add(self._acc, words, out=self._acc)
 
     def _check_consistency(self, msg: ConsistencySignature) -> None:
-        payload = survivors_payload(self.round_id, self._digest, sorted(self.survivors[Stage.MASKED_INPUT]))
+        payload = survivors_payload(self.round_id, self._digest, sorted(self.survivors[Stage.ADVERTISE_KEYS]),
+                                    sorted(self.survivors[Stage.MASKED_INPUT]))
         if not crypto.verify(self._roster[msg.sender], msg.survivors_signature, payload):
             raise ForgedMessageError("its signature on the survivor set does not verify", stage="consistency",
                                      client=msg.sender)

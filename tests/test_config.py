@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import tempfile
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from fedmed.config import ConfigError, FederationConfig, load_federation_config
+from fedmed.config import DEFAULT_EPSILON, ConfigError, FederationConfig, PrivacySection, load_federation_config
+from fedmed.fl.plan import make_plan
 from policies import check_round, load_policy, pem_fingerprint
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "federation.toml"
-MINIMAL = '[federation]\nmethod = "samed"\nrounds = 2\n'
+MINIMAL = '[federation]\nrounds = 2\nmin_clients = 3\n'
 NAMES = ["image_encoder.blocks.0.adapter.attn.down.weight", "mask_decoder.iou_token.weight"]
 
 
@@ -29,28 +33,42 @@ def problems(tmp_path: Path, text: str) -> list[str]:
 
 def test_the_example_loads():
     config = load_federation_config(EXAMPLE)
-    assert config.federation.method == "fedmsa" and config.federation.min_clients == 3
+    assert config.model.method == "fedmsa" and config.federation.min_clients == 3
+    assert config.training.lr == 3e-3 and config.training.batch_size == 8
     assert config.model.arch == "tiny"
     assert config.secure_aggregation.enabled and config.secure_aggregation.threshold == 2
     assert config.privacy.mode == "sample" and config.privacy.epsilon == 8.0
 
 
-def test_defaults(tmp_path):
-    config = load_federation_config(write(tmp_path, MINIMAL))
-    assert config.federation.name == "fedmed" and config.federation.min_clients == 3
-    assert config.model.arch == "tiny" and config.model.adapter_ratio == 0.25 and config.model.checkpoint is None
-    assert config.secure_aggregation.enabled is True and config.secure_aggregation.graph == "complete"
-    assert config.privacy.mode == "none" and config.privacy.delta is None
-    assert config.server.tls is True and config.server.address == "127.0.0.1:9092"
+def readme_defaults() -> dict[str, object]:
+    """`section.key` -> default, from the README's "Configuration" table (`unset` is None)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| `([^`]*)` \|", readme, flags=re.MULTILINE)
+    return {key: None if value == "unset" else tomllib.loads(f"v = {value}")["v"] for key, value in rows}
+
+
+def test_every_default_is_the_one_the_readme_documents():
+    """Each default is written once (fedmed.config, or the TrainConfig / MethodOptions it takes them
+    from): a config of nothing, a plan of nothing and the README's table must all say the same."""
+    documented = readme_defaults()
+    config = FederationConfig().model_dump(mode="json")
+    actual = {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
+    assert documented == actual
+    plan = make_plan(FederationConfig()).model_dump(mode="json")
+    for section in ("federation", "training", "secure_aggregation", "privacy"):
+        assert plan[section] == config[section]
+    assert {k: v for k, v in plan["model"].items() if k != "checkpoint_sha256"} == {
+        k: v for k, v in config["model"].items() if k not in ("checkpoint", "pretrained")}
+    assert load_federation_config(write(Path(tempfile.mkdtemp()), "")).model_dump() == FederationConfig().model_dump()
 
 
 def test_every_problem_is_listed_with_its_field(tmp_path):
     found = problems(tmp_path, """
         [federation]
-        method = "fedavg"
         rounds = 0
         fraction_fit = 1.5
         [model]
+        method = "fedavg"
         arch = "vit_s"
         image_size = 250
         adapter_ratio = 0
@@ -64,24 +82,25 @@ def test_every_problem_is_listed_with_its_field(tmp_path):
     """)  # fmt: skip
     fields = [p.split(":")[0] for p in found]
     assert fields == [
-        "federation.method",
         "federation.rounds",
         "federation.fraction_fit",
         "model.arch",
+        "model.method",
         "model.image_size",
         "model.adapter_ratio",
         "secure_aggregation.graph",
         "privacy.delta",
         "server.tsl",
     ]
-    assert "(got 'fedavg')" in found[0] and "unknown field" in found[-1]
+    assert "(got 'fedavg')" in found[3] and "unknown field" in found[-1]
 
 
 def test_the_error_names_the_file(tmp_path):
     path = write(tmp_path, '[federation]\nmethod = "samed"\n')
     with pytest.raises(ConfigError) as info:
         load_federation_config(path)
-    assert str(info.value) == f"{path}: 1 problem:\n  - federation.rounds: required field is missing"
+    assert str(info.value) == (f"{path}: 1 problem:\n  - federation.method: unknown field (not part of the schema; "
+                               "check the spelling)")
     assert info.value.path == str(path)
 
 
@@ -95,14 +114,19 @@ def test_bad_toml_and_missing_file(tmp_path):
 @pytest.mark.parametrize(
     ("privacy", "message"),
     [
-        ('mode = "sample"', "privacy: mode 'sample' needs exactly one of epsilon or noise_multiplier"),
-        ('mode = "client"\nepsilon = 4.0\nnoise_multiplier = 1.0', "needs exactly one of epsilon or noise_multiplier"),
-        ("epsilon = 4.0", "privacy: epsilon set but mode is 'none'"),
+        ('mode = "client"\nepsilon = 4.0\nnoise_multiplier = 1.0',
+         "takes one of epsilon or noise_multiplier, not both"),
+        ('mode = "none"\nepsilon = 4.0', "privacy: epsilon set but mode is 'none'"),
     ],
 )
 def test_privacy_settings_must_agree(tmp_path, privacy, message):
     found = problems(tmp_path, MINIMAL + "[privacy]\n" + privacy + "\n")
     assert len(found) == 1 and message in found[0]
+
+
+def test_a_dp_mode_without_a_target_spends_the_default_epsilon(tmp_path):
+    config = load_federation_config(write(tmp_path, MINIMAL + '[privacy]\nmode = "client"\n'))
+    assert config.privacy.mode == "client" and config.privacy.epsilon == DEFAULT_EPSILON
 
 
 def test_privacy_with_noise_multiplier_is_fine(tmp_path):
@@ -113,17 +137,17 @@ def test_privacy_with_noise_multiplier_is_fine(tmp_path):
 def test_threshold_must_fit_the_smallest_round(tmp_path):
     [problem] = problems(tmp_path, MINIMAL + "[secure_aggregation]\nthreshold = 4\n")
     assert "secure_aggregation.threshold (4) exceeds federation.min_clients (3)" in problem
-    [problem] = problems(tmp_path, MINIMAL.replace("rounds = 2", "rounds = 2\nmin_clients = 1"))
+    [problem] = problems(tmp_path, MINIMAL.replace("min_clients = 3", "min_clients = 1"))
     assert "secure_aggregation needs federation.min_clients >= 2" in problem
-    plain = MINIMAL.replace("rounds = 2", "rounds = 2\nmin_clients = 1") + "[secure_aggregation]\nenabled = false\n"
+    plain = MINIMAL.replace("min_clients = 3", "min_clients = 1") + "[secure_aggregation]\nenabled = false\n"
     assert load_federation_config(write(tmp_path, plain)).federation.min_clients == 1
 
 
-def test_default_threshold_is_two_thirds(tmp_path):
-    config = load_federation_config(write(tmp_path, MINIMAL))
-    assert [config.threshold_for(n) for n in (2, 3, 4, 10)] == [2, 2, 3, 7]
+def test_default_threshold_is_two_thirds_and_at_least_a_strict_majority(tmp_path):
+    section = load_federation_config(write(tmp_path, MINIMAL)).secure_aggregation
+    assert [section.threshold_for(n) for n in (2, 3, 4, 10)] == [2, 2, 3, 7]
     explicit = load_federation_config(write(tmp_path, MINIMAL + "[secure_aggregation]\nthreshold = 3\n"))
-    assert explicit.threshold_for(10) == 3
+    assert explicit.secure_aggregation.threshold_for(3) == 3 and explicit.secure_aggregation.threshold_for(10) == 6
 
 
 def test_paths_are_relative_to_the_config_and_must_exist(tmp_path):
@@ -150,12 +174,13 @@ def test_round_request_from_the_example():
 def test_round_request_for_a_larger_round_and_a_simulation():
     config = load_federation_config(EXAMPLE)
     request = config.round_request(NAMES, num_clients=9, local_samples=40, simulation=True)
-    assert request.secure_aggregation.num_clients == 9 and request.secure_aggregation.threshold == 2
+    assert request.secure_aggregation.num_clients == 9 and request.secure_aggregation.threshold == 5
     assert request.server.tls is None and request.local_samples == 40
 
 
 def test_round_request_without_secure_aggregation_or_dp(tmp_path):
     config = load_federation_config(write(tmp_path, MINIMAL + "[secure_aggregation]\nenabled = false\n"))
+    config = config.model_copy(update={"privacy": PrivacySection(mode="none")})
     request = config.round_request(NAMES)
     assert request.secure_aggregation.enabled is False and request.secure_aggregation.threshold is None
     assert request.dp.mode == "none" and request.dp.max_grad_norm is None

@@ -3,7 +3,7 @@
 The data folder, the policy, the key and the checkpoint come from this command line only; the
 server chooses the model and the rounds. A Flower SuperNode connects to the SuperLink (TLS, the
 site's key); every task it receives runs here, in the fedmed this site installed — app bundles
-the server sends are checked and never installed (see `fedmed.fl.site_runner`).
+the server sends are checked and never installed (see `fedmed.fl.site.runner`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def client(
     if len(scan.sites) != 1:
         fail(f"{data} holds {len(scan.sites)} datasets; give the folder of this site's own dataset")
     _check_policy(policy)
-    from fedmed.fl.site import SiteSettings
+    from fedmed.fl.site.settings import SiteSettings
 
     site = scan.sites[0].name
     state_dir = state_dir.expanduser().resolve()
@@ -72,7 +72,7 @@ def _path(path: Path | None) -> str | None:
 
 def _certificate(superlink: str, root_certificates: Path | None) -> str:
     """SHA-256 of the certificate the SuperLink presents (checked against the CA): what the policy pins."""
-    from fedmed.fl.deployment import DeploymentError, server_certificate_sha256
+    from fedmed.fl.launch.deployment import DeploymentError, server_certificate_sha256
 
     try:
         return server_certificate_sha256(superlink, root_certificates)
@@ -91,9 +91,9 @@ def _check_policy(policy: str) -> None:
 
 def _join(settings, superlink: str, key: Path | None, root_certificates: Path | None, insecure: bool, home: Path,
           max_retries: int | None, *, site: str) -> None:
-    from fedmed.fl.client_app import make_client_app
-    from fedmed.fl.deployment import ACCESS_DENIED, free_port, start_supernode
-    from fedmed.fl.site_runner import SiteRunner
+    from fedmed.fl.launch.deployment import ACCESS_DENIED, free_port, start_supernode
+    from fedmed.fl.site.client_app import make_client_app
+    from fedmed.fl.site.runner import SiteRunner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll of the SuperNode otherwise

@@ -30,6 +30,18 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def describe(error: Exception) -> str:
+    """An error as one readable text: a settings validation error as one line per field."""
+    from pydantic import ValidationError
+    from rich.markup import escape  # problems quote policy globs such as `*.lora_[ab]`
+
+    from policies import validation_problems
+
+    if isinstance(error, ValidationError):
+        return escape("invalid settings:\n" + "\n".join(f"  - {p}" for p in validation_problems(error)))
+    return escape(str(error))
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM raises KeyboardInterrupt, so a terminated server or site still stops its Flower process."""
     import signal

@@ -111,7 +111,7 @@ def trainable_tensor_bytes(config: FederationConfig) -> dict[str, int]:
     m = config.model
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         sam = build_sam(m.arch, image_size=m.image_size)
-        names = apply_method(sam, config.federation.method, MethodOptions(m.lora_rank, m.lora_alpha, m.adapter_ratio))
+        names = apply_method(sam, config.model.method, MethodOptions(m.lora_rank, m.lora_alpha, m.adapter_ratio))
     params = dict(sam.named_parameters())
     return {name: params[name].numel() * params[name].element_size() for name in names}
 

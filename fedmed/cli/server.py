@@ -16,6 +16,7 @@ import typer
 
 from fedmed.cli.fl_common import (
     console,
+    describe,
     fail,
     load_config,
     print_round,
@@ -44,7 +45,7 @@ def server(
     join_timeout: float = typer.Option(600.0, help="seconds to wait for the sites to join"),
 ) -> None:
     """Serve a federation: only registered sites join, over TLS; checkpoints every round."""
-    from fedmed.fl.credentials import TlsFiles
+    from fedmed.fl.launch.credentials import TlsFiles
     from fedmed.fl.plan import make_plan
 
     federation = load_config(config)
@@ -59,10 +60,10 @@ def server(
             fail("give the sites' public keys with --site-keys DIR (<site>.pub files); only they may join")
     num_clients = clients or len(keys) or federation.federation.min_clients
     try:
-        plan = make_plan(federation, rounds=rounds, holdout=holdout, round_timeout=round_timeout,
+        plan = make_plan(federation, federation={"rounds": rounds}, holdout=holdout, round_timeout=round_timeout,
                          join_timeout=join_timeout, num_clients=num_clients)
     except ValueError as error:
-        fail(str(error))
+        fail(describe(error))
     run_dir = (out or Path("runs") / plan.name).resolve()
     plan = plan.model_copy(update={"out": str(run_dir), "roster": _roster(plan, roster)})
     tls = None if insecure else TlsFiles.in_dir(tls_dir.resolve())
@@ -71,7 +72,7 @@ def server(
 
 def _roster(plan, roster: Path | None) -> str | None:
     """The roster's path for a secure plan (checked to load); secure aggregation off takes none."""
-    if not plan.secure_aggregation.get("enabled"):
+    if not plan.secure_aggregation.enabled:
         if roster is not None:
             fail("--roster given but the config's secure aggregation is off ([secure_aggregation] enabled = false)")
         return None
@@ -88,9 +89,9 @@ def _roster(plan, roster: Path | None) -> str | None:
 
 
 def _serve(plan, address: str, tls, keys: list[Path], *, resume: bool) -> None:
-    from fedmed.fl.deployment import Coordinator, DeploymentError
-    from fedmed.fl.plots import save_dice_plot
-    from fedmed.fl.state import RunDir
+    from fedmed.fl.launch.deployment import Coordinator, DeploymentError
+    from fedmed.fl.server.plots import save_dice_plot
+    from fedmed.fl.server.run_dir import RunDir
 
     run_dir = Path(plan.out)
     home = run_dir / ".flower"

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from fedmed.cli.fl_common import console, fail, load_config, print_round, print_summary
+from fedmed.cli.fl_common import console, describe, fail, load_config, print_round, print_summary
 
 
 def simulate(
@@ -40,7 +40,8 @@ def simulate(
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate [default: 3e-3]"),
     batch_size: Optional[int] = typer.Option(None, min=1, help="[default: 8]"),
     seed: Optional[int] = typer.Option(None, help="run seed [default: 0]"),
-    min_clients: Optional[int] = typer.Option(None, min=1, help="fewest accepted updates a round needs [2]"),
+    min_clients: Optional[int] = typer.Option(None, min=1, help="fewest accepted updates a round needs "
+                                              "[2, or the training sites if fewer]"),
     round_timeout: Optional[float] = typer.Option(None, help="seconds a site has to answer [no limit]"),
     samples_per_site: Optional[int] = typer.Option(None, min=2, help="synthetic pictures per site [80]"),
     cpus_per_site: Optional[int] = typer.Option(None, min=1, help="CPUs of each Ray actor [CPUs / sites]"),
@@ -52,91 +53,64 @@ def simulate(
     verbose: bool = typer.Option(False, "--verbose", help="Flower's and Ray's logs too"),
 ) -> None:
     """Simulate a federation of hospitals on one machine (Flower simulation engine)."""
-    from fedmed.fl.plan import make_plan
+    from fedmed.fl.launch.simulation import SimulationError, prepare_simulation, simulation_sites
+    from fedmed.fl.plan import make_plan, override_privacy
+    from fedmed.fl.server.plots import save_dice_plot
 
     federation = load_config(config)
-    plan_name = name or (federation.federation.name if federation else None)
-    model = {"method": method, "arch": arch, "image_size": image_size,
-             "checkpoint": str(checkpoint) if checkpoint else None, "pretrained": False if random_init else None}
     try:
-        plan = make_plan(federation, model=model, rounds=rounds, local_epochs=local_epochs, lr=lr,
-                         batch_size=batch_size, seed=seed, min_clients=min_clients, round_timeout=round_timeout,
-                         holdout=holdout)
-    except ValueError as error:
-        fail(str(error))
-    plan_name = plan_name or f"{plan.model.method}-{plan.model.arch}"
-    sites = _sites(data, clients, samples_per_site)
-    if min_clients is None and federation is None:  # the default: 2, or fewer if fewer sites train
-        min_clients = max(1, min(2, len(sites) - (1 if plan.holdout else 0)))
-    plan = plan.model_copy(update={"name": plan_name, "out": str(out or Path("runs") / plan_name),
-                                   "num_clients": len(sites), "min_clients": min_clients or plan.min_clients})
-    plan, sites = _secure(plan, sites, enabled=not no_secure_agg and plan.secure_aggregation.get("enabled", True))
-    from fedmed.fl.equip import guard_simulation
-
-    try:
-        plan, sites = guard_simulation(plan, sites, policy=policy, dp=dp, epsilon=epsilon)
-    except ValueError as error:
-        fail(str(error))
+        sites = simulation_sites(data, clients=clients, samples_per_site=samples_per_site)
+        base = make_plan(federation)
+        plan_name = name or (federation.federation.name if federation else
+                             f"{method or base.model.method}-{arch or base.model.arch}")
+        trainers = len(sites) - (1 if holdout else 0)
+        if min_clients is None and federation is None:  # the default, or fewer if fewer sites train
+            min_clients = max(1, min(base.federation.min_clients, trainers))
+        plan = make_plan(
+            federation,
+            federation={"name": plan_name, "rounds": rounds, "seed": seed, "min_clients": min_clients},
+            model={"method": method, "arch": arch, "image_size": image_size,
+                   "checkpoint": checkpoint, "pretrained": False if random_init else None},
+            training={"local_epochs": local_epochs, "lr": lr, "batch_size": batch_size},
+            secure_aggregation={"enabled": False} if no_secure_agg else None,
+            privacy=override_privacy(base.privacy, mode=dp, epsilon=epsilon),
+            out=str(out or Path("runs") / plan_name), num_clients=len(sites), holdout=holdout,
+            round_timeout=round_timeout)
+        plan, sites = prepare_simulation(plan, sites, policy=policy)
+    except (ValueError, SimulationError) as error:
+        fail(describe(error))
     run_dir = Path(plan.out)
-    start = Path(plan.model.checkpoint).name if plan.model.checkpoint else "random weights"
+    start = Path(plan.checkpoint).name if plan.checkpoint else "random weights"
     console.print(f"simulating {plan.name}: {len(sites)} sites, {plan.model.method} on {plan.model.arch} from {start}, "
                   f"{plan.rounds} rounds -> {run_dir}")
     metrics = _run(plan, sites, resume=resume, cpus_per_site=cpus_per_site, verbose=verbose)
     if compare_centralized:
         metrics = _centralized(plan, sites, run_dir)
-    from fedmed.fl.plots import save_dice_plot
-
     save_dice_plot(metrics, run_dir / "dice.png")
     print_summary(metrics, run_dir)
     console.print(f"audit logs in {run_dir / 'audit'} (fedmed audit verify / report / reconcile)")
 
 
-def _sites(data: str, clients: int | None, samples_per_site: int | None):
-    from fedmed.data import scan_data
-    from fedmed.fl.site import SiteSettings
-
-    if data == "synthetic":
-        count = clients or 3
-        return [SiteSettings(partition=k, num_sites=count, samples_per_site=samples_per_site) for k in range(count)]
-    scan = scan_data(Path(data))
-    if scan.problems:
-        fail("the data has problems:\n" + "\n".join(f"  - {p}" for p in scan.problems))
-    if clients is not None and clients != len(scan.sites):
-        fail(f"{data} holds {len(scan.sites)} sites ({', '.join(s.name for s in scan.sites)}), not {clients}")
-    return [SiteSettings(data=str(Path(data).resolve()), partition=k) for k in range(len(scan.sites))]
-
-
-def _secure(plan, sites, *, enabled: bool):
-    from fedmed.fl.enrolment import secure_simulation
-
-    if enabled and len(sites) - (1 if plan.holdout else 0) < 2:
-        fail("secure aggregation needs at least 2 training sites (a sum of one update is no secret); "
-             "pass --no-secure-agg to train with fewer")
-    return secure_simulation(plan, sites, enabled=enabled)
-
-
 def _run(plan, sites, *, resume: bool, cpus_per_site: int | None, verbose: bool) -> dict:
-    from fedmed.fl.rounds import FederationError
-    from fedmed.fl.simulation import simulate as run_simulation
-    from fedmed.fl.state import RunStateError
+    from fedmed.fl.launch.simulation import simulate as run_simulation
+    from fedmed.fl.server.rounds import FederationError
+    from fedmed.fl.server.run_dir import RunStateError
 
     try:
         return run_simulation(plan, sites, resume=resume, on_round=lambda r: print_round(r, plan.rounds),
                               cpus_per_site=cpus_per_site, verbose=verbose)
     except (FederationError, RunStateError) as error:
-        from rich.markup import escape  # refusals quote policy globs such as `*.lora_[ab]`
-
-        message = escape(str(error))
+        message = describe(error)
         fail(f"{message}\n(the last completed round's checkpoint is in {Path(plan.out) / 'checkpoints'}; "
              "fix the cause and run again with --resume)" if "round" in message else message, code=1)
 
 
 def _centralized(plan, sites, run_dir: Path) -> dict:
-    from fedmed.fl.baseline import centralized_baseline
-    from fedmed.fl.site import image_size_of, load_site_data
-    from fedmed.fl.state import RunDir
+    from fedmed.fl.launch.baseline import centralized_baseline
+    from fedmed.fl.server.run_dir import RunDir
+    from fedmed.fl.site.runtime import load_site_data
 
-    console.print(f"centralized baseline: {plan.rounds * plan.local_epochs} epochs on the union of the sites")
-    data = [load_site_data(s, image_size=image_size_of(plan.model), seed=plan.seed) for s in sites]
+    console.print(f"centralized baseline: {plan.rounds * plan.training.local_epochs} epochs on the union of the sites")
+    data = [load_site_data(s, image_size=plan.model.size, seed=plan.federation.seed) for s in sites]
     result = centralized_baseline(plan, data, run_dir / "centralized")
     return RunDir(run_dir).add_to_metrics(centralized=result)

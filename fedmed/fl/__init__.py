@@ -1,9 +1,15 @@
 """fedmed.fl: the federation on Flower (the only package of fedmed that imports flwr).
 
-- `plan`: the run plan (`RunPlan`), seeds;  `protocol`: message types, records, `Instructions`
-- `serde`: trainable tensors <-> one flat vector, message sizes;  `validate`: refusing bad updates
-- `aggregate`: sample-weighted FedAvg of updates;  `state`: run directory, checkpoints, resumption
-- `client_app` / `site`: a site's pipeline and its own settings;  `rounds` / `server_app`: the server
-- `simulation` (Flower's simulation engine), `deployment` (SuperLink, SuperNodes, TLS, authentication)
-- `inprocess`: a Grid that runs ClientApps in this process (tests)
+Data flows down: the launcher assembles a site side and a server side, which talk only through
+the wire. `site/` never imports `server/` nor the reverse; `wire/` imports neither.
+
+- `plan`: the run plan (`RunPlan`, `make_plan`): the config's sections and what the coordinator adds; seeds
+- `enrolment`: identity keys and the roster of secure aggregation
+- `wire/`: what both sides say (`messages`, `instructions`, `layout`, `secagg`, `tensors`, `sizes`, `components`)
+- `site/`: one hospital (`settings`, `runtime`, `session`, `admission`, `privacy`, `training`, `release`,
+  `masking`, `journal`, `pipeline`, `client_app`, `runner`)
+- `server/`: the coordinator (`exchange`, `journal`, `validate`, `aggregation`, `secure`, `strategy`,
+  `rounds`, `run_dir`, `plots`, `server_app`)
+- `launch/`: the only place that assembles both (`simulation`, `inprocess`, `deployment`, `credentials`,
+  `baseline`)
 """

@@ -9,7 +9,8 @@ them against the roster. The roster must reach each site and the server out of b
 consortium hands out at enrolment), never through the federation: a server that could edit it
 could enrol clients of its own and undo the masking. Secure-aggregation client ids are 1..n in
 the sorted order of the roster's labels, so all parties derive the same ids from the same file.
-`enrol_sites` does all of this in one place for a simulation, where one launcher plays every site.
+`enrol_sites` does all of this in one place for a simulation, where one launcher plays every site
+(`fedmed.fl.launch.simulation`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,9 +25,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fedmed.config import SecureAggregationSection
-from fedmed.fl.plan import RunPlan
-from fedmed.fl.site import SiteSettings
 from secure_agg import KeyPair, generate_identity
 
 ROSTER_FORMAT = "fedmed-roster/1"
@@ -148,16 +145,3 @@ def enrol_sites(directory: str | Path, labels: list[str]) -> tuple[list[Path], P
     if not roster_path.exists() or Roster.load(roster_path) != roster:
         roster.save(roster_path)
     return keys, roster_path
-
-
-def secure_simulation(plan: RunPlan, sites: list[SiteSettings], *,
-                      enabled: bool) -> tuple[RunPlan, list[SiteSettings]]:
-    """A simulation's plan and sites with secure aggregation on (the section's defaults under the plan's
-    own values) or off. On: the launcher, standing in for the consortium, enrols every site in
-    `DIR/enrolment/` (labels `partition-<k>`), gives each site its key and the roster, and the plan the roster."""
-    section = {**SecureAggregationSection().model_dump(mode="json"), **plan.secure_aggregation, "enabled": enabled}
-    if not enabled:
-        return plan.model_copy(update={"secure_aggregation": section, "roster": None}), list(sites)
-    keys, roster = enrol_sites(Path(plan.out) / "enrolment", [f"partition-{k}" for k in range(len(sites))])
-    sites = [replace(site, identity=str(key), roster=str(roster)) for site, key in zip(sites, keys)]
-    return plan.model_copy(update={"secure_aggregation": section, "roster": str(roster)}), sites

@@ -1,10 +1,13 @@
 """The run plan: everything a federated run is, fixed before round 1 and saved as `DIR/config.json`.
 
-    plan = RunPlan(model=ModelSpec(method="fedmsa"), rounds=5, out="runs/demo")
-    plan = make_plan(load_federation_config("federation.toml"), out="runs/x", rounds=3, model={"arch": "tiny"})
+    plan = make_plan(load_federation_config("federation.toml"), out="runs/x", federation={"rounds": 3})
+    plan = make_plan(model={"method": "samed"}, privacy=PrivacySection(mode="none"), out="runs/y")
 
-The server sends each site the part it needs (`ModelSpec`, the training settings of the round);
-data paths, policies and devices never travel: each site takes them from its own command line.
+A plan is the federation config's sections as they are (`fedmed.config`: federation, model,
+training, secure aggregation, privacy) plus what only the coordinator knows: its copy of the
+starting weights, the sites it expects, timeouts, the roster and the run directory. The server
+sends each site the sections of a round (`fedmed.fl.wire.instructions`); data paths, policies and
+devices never travel: each site takes them from its own command line.
 Seeds: every site, round and purpose gets its own seed derived from the run seed (`derive_seed`).
 """
 
@@ -13,67 +16,81 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedmed.config import FederationConfig
+from fedmed.config import (
+    FederationConfig,
+    FederationSection,
+    ModelSection,
+    ModelSpec,
+    PrivacySection,
+    SecureAggregationSection,
+    TrainingSection,
+    aggregation_problems,
+)
 from fedmed.models.pretrained import file_sha256, starting_checkpoint
 
-Method = Literal["fedsam", "fedmsa", "flap-sam", "samed"]
-Arch = Literal["tiny", "vit_b", "vit_l", "vit_h"]
-
 # Fields that may change between a run and its resumption; any other difference is refused.
-RESUMABLE_FIELDS = frozenset({"rounds", "round_timeout", "join_timeout", "out", "min_clients"})
+RESUMABLE_FIELDS = frozenset({"federation.rounds", "federation.min_clients", "round_timeout", "join_timeout", "out"})
 
 
-class _Frozen(BaseModel):
+class RunPlan(BaseModel):
+    """A federated run: the config's sections, the starting weights, the sites, faults and outputs."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class ModelSpec(_Frozen):
-    """What fixes the model every party builds (sent to the sites with each round)."""
-
-    arch: Arch = "tiny"
-    method: Method = "fedmsa"
-    image_size: int | None = Field(default=None, ge=16, multiple_of=8)
-    checkpoint: str | None = Field(default=None, description="server-side path; sites use their own copy")
-    checkpoint_sha256: str | None = None
-    lora_rank: int = Field(default=4, ge=1)
-    lora_alpha: float | None = None
-    adapter_ratio: float = Field(default=0.25, gt=0, le=1)
-
-
-class RunPlan(_Frozen):
-    """A federated run: model, rounds, local training, faults, protocol variants and outputs."""
-
-    name: str = "fedmed"
+    federation: FederationSection = FederationSection()
     model: ModelSpec = ModelSpec()
-    rounds: int = Field(default=5, ge=1)
-    local_epochs: int = Field(default=1, ge=1)
-    lr: float = Field(default=3e-3, gt=0)
-    batch_size: int = Field(default=8, ge=1)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    seed: int = 0
+    training: TrainingSection = TrainingSection()
+    secure_aggregation: SecureAggregationSection = SecureAggregationSection()
+    privacy: PrivacySection = PrivacySection()
+    checkpoint: str | None = Field(default=None, description="the server's copy of the starting weights "
+                                                             "(`model.checkpoint_sha256` is its digest)")
     num_clients: int = Field(default=3, ge=1, description="sites expected to join")
-    min_clients: int = Field(default=2, ge=1, description="fewest sites whose update a round needs")
-    fraction_fit: float = Field(default=1.0, gt=0, le=1)
     holdout: str | None = Field(default=None, description="site left out of training (FedFMS protocol)")
     round_timeout: float | None = Field(default=None, gt=0, description="seconds a site has to answer")
     join_timeout: float = Field(default=600.0, gt=0, description="seconds to wait for the sites to join")
-    secure_aggregation: dict[str, Any] = Field(default_factory=dict, description="federation.toml section; {} is off")
-    roster: str | None = Field(default=None, description="server-side path of the enrolment roster (secure aggregation)")
-    privacy: dict[str, Any] = Field(default_factory=dict, description="federation.toml section")
+    roster: str | None = Field(default=None, description="server-side path of the enrolment roster "
+                                                         "(secure aggregation)")
     out: str = "runs/fedmed"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunPlan:
+        problems = aggregation_problems(self.federation, self.secure_aggregation)
+        if (self.checkpoint is None) != (self.model.checkpoint_sha256 is None):
+            problems.append("checkpoint and model.checkpoint_sha256 come together (make_plan sets both)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.federation.name
+
+    @property
+    def rounds(self) -> int:
+        return self.federation.rounds
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
 
     def differences(self, other: RunPlan) -> list[str]:
         """Fields (other than the resumable ones) where `other` differs from this plan."""
-        mine, theirs = self.to_json(), other.to_json()
-        return [f"{key}: {mine[key]!r} != {theirs[key]!r}" for key in mine
-                if key not in RESUMABLE_FIELDS and mine[key] != theirs[key]]
+        mine, theirs = _flat(self.to_json()), _flat(other.to_json())
+        return [f"{key}: {mine.get(key)!r} != {theirs.get(key)!r}" for key in sorted(mine.keys() | theirs.keys())
+                if key not in RESUMABLE_FIELDS and mine.get(key) != theirs.get(key)]
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -82,32 +99,50 @@ def derive_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def make_plan(config: FederationConfig | None = None, *, model: dict[str, Any] | None = None,
-              **overrides: Any) -> RunPlan:
-    """A plan from a validated `federation.toml` (or the defaults); `overrides` and `model` (CLI options,
-    None meaning "not given") win over it. Without a checkpoint the model starts from the preset's
-    built-in weights (`fedmed.models.pretrained`) unless `pretrained` is false (in the config's
-    `[model]` or in `model`). A checkpoint gets its SHA-256, which sites check their copy by."""
-    values: dict[str, Any] = {}
-    spec: dict[str, Any] = {"pretrained": True}
-    if config is not None:
-        fed, section = config.federation, config.model
-        spec = {"arch": section.arch, "method": fed.method, "image_size": section.image_size,
-                "checkpoint": str(section.checkpoint) if section.checkpoint else None, "lora_rank": section.lora_rank,
-                "lora_alpha": section.lora_alpha, "adapter_ratio": section.adapter_ratio,
-                "pretrained": section.pretrained}
-        values = {
-            "name": fed.name, "rounds": fed.rounds, "local_epochs": fed.local_epochs, "lr": fed.lr,
-            "batch_size": fed.batch_size, "seed": fed.seed, "min_clients": fed.min_clients,
-            "num_clients": fed.min_clients, "fraction_fit": fed.fraction_fit,
-            "secure_aggregation": config.secure_aggregation.model_dump(mode="json"),
-            "privacy": config.privacy.model_dump(mode="json"),
-        }
-    spec.update({k: v for k, v in (model or {}).items() if v is not None})
-    spec["checkpoint"] = starting_checkpoint(spec.get("arch", ModelSpec().arch), spec.get("checkpoint"),
-                                             pretrained=spec.pop("pretrained"))
-    if spec.get("checkpoint"):
-        spec["checkpoint"] = str(Path(spec["checkpoint"]).expanduser().resolve())
-        spec["checkpoint_sha256"] = file_sha256(spec["checkpoint"])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return RunPlan(model=ModelSpec(**spec), **values)
+def _given(values: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (values or {}).items() if v is not None}
+
+
+def override_privacy(section: PrivacySection, *, mode: str | None = None, epsilon: float | None = None,
+                     max_grad_norm: float | None = None, delta: float | None = None) -> PrivacySection:
+    """`section` with command-line overrides (None: not given): `mode` "none" drops every DP
+    setting, a new `epsilon` target replaces a noise multiplier."""
+    values = section.model_dump()
+    if mode is not None:
+        values["mode"] = mode
+    if epsilon is not None:
+        values.update(epsilon=epsilon, noise_multiplier=None)
+    values.update(_given({"max_grad_norm": max_grad_norm, "delta": delta}))
+    if values["mode"] == "none":
+        values = {"mode": "none"}
+    return PrivacySection.model_validate(values)
+
+
+def make_plan(config: FederationConfig | None = None, *, federation: dict[str, Any] | None = None,
+              model: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
+              secure_aggregation: dict[str, Any] | None = None, privacy: PrivacySection | None = None,
+              **run: Any) -> RunPlan:
+    """A plan from a validated `federation.toml` (or the defaults), with overrides on top.
+
+    Section overrides are dicts of the section's keys (None: "not given", as CLI options are);
+    `privacy` replaces the whole section (`override_privacy` makes one from options); `run` sets
+    the plan's own fields (out, num_clients, holdout, ...). Without a checkpoint the model starts
+    from the preset's built-in weights (`fedmed.models.pretrained`) unless `pretrained` is false;
+    a checkpoint gets its SHA-256, which sites check their copy by.
+    """
+    config = config or FederationConfig()
+
+    def section(cls, current: BaseModel, given: dict[str, Any] | None):
+        return cls.model_validate({**current.model_dump(), **_given(given)})
+
+    model_section = section(ModelSection, config.model, model)
+    checkpoint = starting_checkpoint(model_section.arch, model_section.checkpoint, pretrained=model_section.pretrained)
+    checkpoint = str(Path(checkpoint).expanduser().resolve()) if checkpoint else None
+    spec = ModelSpec.model_validate({**model_section.model_dump(exclude={"checkpoint", "pretrained"}),
+                                     "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None})
+    return RunPlan(
+        federation=section(FederationSection, config.federation, federation), model=spec,
+        training=section(TrainingSection, config.training, training),
+        secure_aggregation=section(SecureAggregationSection, config.secure_aggregation, secure_aggregation),
+        privacy=privacy or config.privacy, checkpoint=checkpoint, **_given(run),
+    )

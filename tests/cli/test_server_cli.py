@@ -13,7 +13,6 @@ runner = CliRunner()
 CONFIG = """
 [federation]
 name = "cli"
-method = "fedmsa"
 rounds = 1
 min_clients = 3
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 from e2e_helpers import FEDMED, Processes, write_synthetic_sites
 
-from fedmed.fl.credentials import make_site_key, make_tls
-from fedmed.fl.deployment import free_port
 from fedmed.fl.enrolment import Roster, create_identity
+from fedmed.fl.launch.credentials import make_site_key, make_tls
+from fedmed.fl.launch.deployment import free_port
 from fedmed.io import load_trainable
 
 pytestmark = pytest.mark.e2e
@@ -26,16 +26,21 @@ pytestmark = pytest.mark.e2e
 CONFIG = """
 [federation]
 name = "e2e"
-method = "fedmsa"
 rounds = {rounds}
 min_clients = 3
 seed = 0
-lr = 3e-3
-batch_size = 4
 
 [model]
 arch = "tiny"
+method = "fedmsa"
 image_size = 32
+
+[training]
+lr = 3e-3
+batch_size = 4
+
+[privacy]
+mode = "none"
 
 [secure_aggregation]
 enabled = {secure}

@@ -1,20 +1,41 @@
 """Small federations for the fl tests, run in-process: 3 synthetic sites of 5 pictures at 32 px
-(one training step a round)."""
+(one training step a round), plain (no secure aggregation, no DP) unless a test asks."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from fedmed.fl.client_app import make_client_app
-from fedmed.fl.inprocess import InProcessGrid
-from fedmed.fl.plan import ModelSpec, RunPlan
-from fedmed.fl.site import SiteSettings
+from fedmed.config import (
+    FederationSection,
+    ModelSpec,
+    PrivacySection,
+    SecureAggregationSection,
+    TrainingSection,
+)
+from fedmed.fl.launch.inprocess import InProcessGrid
+from fedmed.fl.plan import RunPlan
+from fedmed.fl.site.client_app import make_client_app
+from fedmed.fl.site.settings import SiteSettings
 
 SMALL = dict(model=ModelSpec(image_size=32), batch_size=4, min_clients=2, num_clients=3, join_timeout=1)
 
 
+def plan_of(out: Path, **values: Any) -> RunPlan:
+    """A RunPlan from flat keyword values: the sections' keys (rounds, min_clients, batch_size, ...),
+    `model` (a ModelSpec), `secure_aggregation` and `privacy` (dicts; both off unless given) and the
+    plan's own fields."""
+    sections = {}
+    for name, cls in (("federation", FederationSection), ("training", TrainingSection)):
+        sections[name] = cls(**{k: values.pop(k) for k in list(values) if k in cls.model_fields})
+    secure = values.pop("secure_aggregation", {})
+    privacy = values.pop("privacy", {})
+    return RunPlan(**sections, secure_aggregation=SecureAggregationSection(**{"enabled": False, **secure}),
+                   privacy=PrivacySection(**{"mode": "none", **privacy}), out=str(out), **values)
+
+
 def small_plan(out: Path, **changes) -> RunPlan:
-    return RunPlan(**{**SMALL, "out": str(out), **changes})
+    return plan_of(out, **{**SMALL, **changes})
 
 
 def site_settings(context) -> SiteSettings:

@@ -8,12 +8,15 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from fedmed.fl.client_app import make_client_app
-from fedmed.fl.enrolment import secure_simulation
-from fedmed.fl.equip import equip_sites
-from fedmed.fl.inprocess import InProcessGrid
-from fedmed.fl.plan import ModelSpec, RunPlan
-from fedmed.fl.site import SiteSettings
+from fl_helpers import plan_of
+
+from fedmed.config import ModelSpec, SecureAggregationSection
+from fedmed.fl.enrolment import enrol_sites
+from fedmed.fl.launch.inprocess import InProcessGrid
+from fedmed.fl.launch.simulation import prepare_simulation
+from fedmed.fl.plan import RunPlan
+from fedmed.fl.site.client_app import make_client_app
+from fedmed.fl.site.settings import SiteSettings
 
 DP = {"mode": "sample", "epsilon": 8.0, "max_grad_norm": 1.0}
 SECURE = {"enabled": True}
@@ -21,20 +24,24 @@ SECURE = {"enabled": True}
 
 def guarded_plan(out: Path, **changes) -> RunPlan:
     values = dict(model=ModelSpec(image_size=32), batch_size=4, min_clients=2, num_clients=3, join_timeout=1,
-                  rounds=1, privacy=DP, out=str(out))
+                  rounds=1, privacy=DP)
     values.update(changes)
-    return RunPlan(**values)
+    return plan_of(out, **values)
 
 
 def guarded_sites(out: Path, policy: str | None, *, sites: int = 3, **changes) -> list[SiteSettings]:
+    """Sites equipped as a simulation's (policy, audit log, state), for a plain plan."""
     base = [SiteSettings(partition=k, num_sites=sites, samples_per_site=20, device="cpu") for k in range(sites)]
-    return [replace(site, **changes) for site in equip_sites(base, out=out, policy=policy)]
+    _, equipped = prepare_simulation(plan_of(out), base, policy=policy)
+    return [replace(site, **changes) for site in equipped]
 
 
 def secure(plan: RunPlan, sites: list[SiteSettings]) -> tuple[RunPlan, list[SiteSettings]]:
     """The plan and sites of a secure-aggregation run (the sites enrolled in `<out>/enrolment`)."""
-    return secure_simulation(plan.model_copy(update={"secure_aggregation": {**SECURE, **plan.secure_aggregation}}),
-                             sites, enabled=True)
+    section = SecureAggregationSection(**{**plan.secure_aggregation.model_dump(), **SECURE})
+    keys, roster = enrol_sites(Path(plan.out) / "enrolment", [f"partition-{k}" for k in range(len(sites))])
+    return (plan.model_copy(update={"secure_aggregation": section, "roster": str(roster)}),
+            [replace(site, identity=str(key), roster=str(roster)) for site, key in zip(sites, keys)])
 
 
 def grid_of(sites: list[SiteSettings], intercept=None) -> InProcessGrid:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from fl_helpers import small_plan
 from flwr.app import Message
 
-from fedmed.fl.client_app import ClientHooks, make_client_app
-from fedmed.fl.inprocess import InProcessGrid
-from fedmed.fl.protocol import SECAGG, SECAGG_KEY, TRAIN
-from fedmed.fl.secure_client import stage_bytes
-from fedmed.fl.site import SiteSettings
-from fl_helpers import small_plan
+from fedmed.fl.launch.inprocess import InProcessGrid
+from fedmed.fl.plan import derive_seed
+from fedmed.fl.site import training
+from fedmed.fl.site.client_app import make_client_app
+from fedmed.fl.site.settings import SiteSettings
+from fedmed.fl.wire.messages import SECAGG, SECAGG_KEY, TRAIN
+from fedmed.fl.wire.secagg import stage_bytes
 from fedmed.train import TrainResult
 from secure_agg import Stage, parse
 
@@ -21,42 +26,49 @@ SITES = ["site-0", "site-1", "site-2"]
 
 
 class Captured(dict):
-    """{(round, site): the update a site sealed}, filled by the `protect` hook in this process."""
+    """{(round, site): the update a site sealed}, filled while `capturing()` in this process."""
 
-    def hooks(self, *, fast: bool = False, nan_site: str | None = None) -> ClientHooks:
-        """Capture every sealed update; `fast` trains by a seeded random step instead of SGD (no forward
-        pass: for tests of the aggregation, not of training); `nan_site` sends a NaN."""
-        def protect(site, instructions, vector: np.ndarray) -> np.ndarray:
-            if site.data.name == nan_site:
+    @contextmanager
+    def capturing(self, *, fast: bool = False, nan_site: str | None = None) -> Iterator[Captured]:
+        """Capture every update the sites compute; `fast` trains by a seeded random step instead of SGD
+        (no forward pass: for tests of the aggregation, not of training); `nan_site` sends a NaN."""
+        computed = training.local_update
+
+        def local_update(session, start: np.ndarray) -> np.ndarray:
+            vector = computed(session, start)
+            if session.data.name == nan_site:
                 vector = vector.copy()
                 vector[3] = np.nan
-            self[(instructions.round, site.data.name)] = vector.copy()
+            self[(session.round, session.data.name)] = vector.copy()
             return vector
-        return ClientHooks(protect=protect, **({"train": _random_step} if fast else {}))
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(training, "local_update", local_update)
+            if fast:
+                patch.setattr(training, "train_round", _random_step)
+            yield self
 
 
-def _random_step(model, data, config, site, instructions) -> TrainResult:
-    generator = torch.Generator().manual_seed(config.seed)
+def _random_step(session, privacy) -> TrainResult:
+    generator = torch.Generator().manual_seed(derive_seed(0, session.round, session.data.name))
     with torch.no_grad():
-        for parameter in (p for p in model.parameters() if p.requires_grad):
+        for parameter in (p for p in session.model.parameters() if p.requires_grad):
             parameter += 1e-3 * torch.randn(parameter.shape, generator=generator)
-    return TrainResult(loss=0.5, samples=len(data.train), steps=1)
+    return TrainResult(loss=0.5, samples=len(session.data.train), steps=1)
 
 
 def secure_plan(out: Path, roster: Path, **changes):
     return small_plan(out, **{"secure_aggregation": {"enabled": True}, "roster": str(roster), **changes})
 
 
-def secure_grid(keys: list[Path], roster: Path, hooks: ClientHooks | None = None, intercept=None,
-                enrolled: int = 3) -> InProcessGrid:
+def secure_grid(keys: list[Path], roster: Path, intercept=None, enrolled: int = 3) -> InProcessGrid:
     """Three sites; the first `enrolled` have their identity key and the roster."""
     def settings(context) -> SiteSettings:
         i = int(context.node_config["partition-id"])
         secure = {"identity": str(keys[i]), "roster": str(roster)} if i < enrolled else {}
         return SiteSettings(partition=i, samples_per_site=5, device="cpu", **secure)
 
-    return InProcessGrid(make_client_app(settings, hooks or ClientHooks()), [{"partition-id": i} for i in range(3)],
-                         intercept=intercept)
+    return InProcessGrid(make_client_app(settings), [{"partition-id": i} for i in range(3)], intercept=intercept)
 
 
 def stage_of(message: Message) -> str | None:

@@ -1,0 +1,250 @@
+"""The server's side of a run as one pass down, over a Flower `Grid`: `run_federation(grid, plan)`.
+
+The same loop runs in the simulation engine, in a deployment and in-process in tests:
+
+1. wait for the sites, greet them (`query.hello`): site names, sample counts, classes, model layout;
+   the aggregator admits the sites that may take part (secure aggregation: those in the roster);
+2. per round: choose the training sites (all but `--holdout`, or a `fraction_fit` of them), send
+   them the global vector and the round's instructions, let the aggregator turn their replies into
+   one mean update (`fedmed.fl.server.aggregation`: plain, or secure where only the sum is
+   unmasked), move the global vector by the strategy's step (`fedmed.fl.server.strategy`); a
+   round with fewer than `min_clients` updates in the mean fails with every reason and leaves the
+   last checkpoint as it was;
+3. evaluate the new global model on every site's validation split; checkpoint it with the metrics.
+
+Every message is logged in the server's audit log (`fedmed.fl.server.journal`) and counted in
+bytes, per round and site in both directions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import RecordDict
+from flwr.serverapp import Grid
+from pydantic import ValidationError
+
+from fedmed.fl.enrolment import EnrolmentError, Roster
+from fedmed.fl.plan import RunPlan, derive_seed
+from fedmed.fl.server.aggregation import Aggregator, Collected, FederationError, PlainAggregator, RoundFailed
+from fedmed.fl.server.exchange import Exchange, Exchanged
+from fedmed.fl.server.journal import ServerJournal
+from fedmed.fl.server.run_dir import RunDir
+from fedmed.fl.server.secure import SecureAggregator
+from fedmed.fl.server.strategy import FedAvg
+from fedmed.fl.wire.instructions import Instructions
+from fedmed.fl.wire.layout import Layout, pack
+from fedmed.fl.wire.messages import CONFIG, EVALUATE, GLOBAL, HELLO, LAYOUT_KEY, METRICS, SiteHello
+from fedmed.models import build_model, trainable_state
+from fedmed.train.centralized import mean_over_sites
+
+logger = logging.getLogger("fedmed.fl.server")
+
+__all__ = ["Federation", "FederationError", "RoundFailed", "round_instructions", "run_federation"]
+
+
+def make_aggregator(plan: RunPlan, exchange: Exchange) -> Aggregator:
+    """The plan's aggregator: secure (with the roster it names) or plain."""
+    if not plan.secure_aggregation.enabled:
+        return PlainAggregator(exchange, min_clients=plan.federation.min_clients)
+    if not plan.roster:
+        raise FederationError("secure aggregation needs the roster of enrolled sites (the plan's `roster` file)")
+    try:
+        roster = Roster.load(plan.roster)
+    except EnrolmentError as error:
+        raise FederationError(str(error)) from None
+    return SecureAggregator(exchange, plan.secure_aggregation, roster, name=plan.name,
+                            min_clients=plan.federation.min_clients)
+
+
+def round_instructions(plan: RunPlan, round: int, *, num_classes: int, num_clients: int) -> Instructions:
+    """What the sites of `round` are told: the plan's sections as they are, and the round's numbers."""
+    return Instructions(round=round, num_classes=num_classes, num_clients=num_clients, federation=plan.federation,
+                        model=plan.model, training=plan.training, secure_aggregation=plan.secure_aggregation,
+                        privacy=plan.privacy)
+
+
+class Federation:
+    """One run of `plan` over `grid`; `run()` returns the final metrics record."""
+
+    def __init__(self, grid: Grid, plan: RunPlan, journal: ServerJournal | None, *, resume: bool = False,
+                 on_round: Callable[[dict], None] | None = None, poll_s: float = 1.0):
+        self.grid, self.plan, self.journal, self.resume, self.on_round, self.poll_s = (
+            grid, plan, journal, resume, on_round, poll_s)
+        self.run_dir = RunDir(plan.out)
+        self.exchange = Exchange(grid, journal, timeout=plan.round_timeout)
+        self.aggregator = make_aggregator(plan, self.exchange)
+        self.strategy = FedAvg()
+        self.sites: dict[str, SiteHello] = {}
+
+    # ---- joining ----------------------------------------------------------------------------
+    def _wait_for_nodes(self) -> list[int]:
+        plan, deadline = self.plan, time.monotonic() + self.plan.join_timeout
+        while True:
+            nodes = sorted(self.grid.get_node_ids())
+            if len(nodes) >= plan.num_clients or time.monotonic() >= deadline:
+                break
+            time.sleep(self.poll_s)
+        needed = max(plan.federation.min_clients, 1)
+        if len(nodes) < needed:
+            raise FederationError(f"only {len(nodes)} of {plan.num_clients} sites joined within "
+                                  f"{plan.join_timeout:.0f} s; a round needs {needed}")
+        if len(nodes) < plan.num_clients:
+            logger.warning("%d of %d sites joined; going on without the others", len(nodes), plan.num_clients)
+        return nodes
+
+    def greet(self) -> tuple[dict[str, SiteHello], dict[str, dict[str, int]]]:
+        """Ask every node who it is; returns the sites by name and the bytes of the hellos."""
+        nodes = {f"node-{n}": n for n in self._wait_for_nodes()}
+        hello = round_instructions(self.plan, 0, num_classes=2, num_clients=len(nodes)).record()
+        exchanged = self.exchange.send(HELLO, {name: RecordDict({CONFIG: hello}) for name in nodes}, round=0,
+                                       nodes=nodes)
+        for node, reason in exchanged.failures.items():
+            logger.warning("%s did not say hello: %s", node, reason)
+        sites, by_node, known = [], {}, {}
+        for node, content in exchanged.replies.items():
+            try:
+                sites.append(SiteHello.from_content(content))
+            except (KeyError, TypeError, ValidationError) as error:
+                logger.warning("%s sent a malformed hello; it is left out: %s", node, error)
+                continue
+            by_node[sites[-1].name], known[node] = nodes[node], sites[-1].name
+        names = [s.name for s in sites]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise FederationError(f"several nodes call themselves {repeated}; every site needs its own name")
+        classes = {s.num_classes for s in sites}
+        if len(classes) > 1:
+            raise FederationError("sites disagree on the number of classes: "
+                                  + ", ".join(f"{s.name}: {s.num_classes}" for s in sites))
+        self.exchange.nodes = by_node
+        bytes_of = {way: {known.get(node, node): count for node, count in counts.items()}
+                    for way, counts in (("received", exchanged.received), ("sent", exchanged.sent))}
+        return {s.name: s for s in sorted(sites, key=lambda s: s.name)}, bytes_of
+
+    # ---- the run ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        plan = self.plan
+        last, saved, history = self.run_dir.start(plan, resume=self.resume)
+        sites, setup_bytes = self.greet()
+        if not sites:
+            raise FederationError("no site answered hello")
+        num_classes = next(iter(sites.values())).num_classes
+        model = build_model(plan.model.build_config(num_classes=num_classes, seed=plan.federation.seed,
+                                                    checkpoint=plan.checkpoint))
+        tensors = trainable_state(model)
+        layout = Layout.of(tensors)
+        for site in [s for s in sites.values() if s.layout != layout.digest]:
+            logger.warning("%s builds a different model (layout %s...); it is left out", site.name, site.layout[:12])
+            del sites[site.name]
+        self.sites = self.aggregator.admit(sites)
+        trainers = self._trainers()
+        vector = layout.flatten(saved if saved is not None else tensors)
+        if last:
+            logger.info("resuming %s after round %d", self.run_dir.root, last)
+        for round in range(last + 1, plan.rounds + 1):
+            started = time.perf_counter()
+            try:
+                vector, record = self.round(round, vector, trainers, num_classes, layout)
+            except RoundFailed as error:
+                self.run_dir.write_metrics(plan, history, status="failed", error=str(error))
+                raise
+            record["wall_s"] = round_wall = time.perf_counter() - started
+            history.append(record)
+            self.run_dir.save_round(round, layout.unflatten(vector), plan, history)
+            if self.journal is not None:
+                self.journal.rounds_completed += 1
+            logger.info("round %d: mean Dice %.4f (%.1f s)", round, record["mean_dice"], round_wall)
+            if self.on_round:
+                self.on_round(record)
+        self.run_dir.save_final(layout.unflatten(vector), plan, history, sites=sorted(self.sites),
+                                setup_bytes=setup_bytes)
+        return self.run_dir.read_metrics()
+
+    def _trainers(self) -> list[str]:
+        plan, names = self.plan, sorted(self.sites)
+        if plan.holdout is not None and plan.holdout not in names:
+            raise FederationError(f"holdout site {plan.holdout!r} is not among the sites {names}")
+        trainers = [n for n in names if n != plan.holdout]
+        if len(trainers) < plan.federation.min_clients:
+            raise FederationError(f"{len(trainers)} sites can train ({', '.join(trainers) or 'none'}) but a round "
+                                  f"needs {plan.federation.min_clients} (min_clients)")
+        return trainers
+
+    def _choose(self, trainers: list[str], round: int) -> list[str]:
+        federation = self.plan.federation
+        count = min(len(trainers), max(federation.min_clients, math.ceil(federation.fraction_fit * len(trainers))))
+        if count == len(trainers):
+            return trainers
+        rng = np.random.default_rng(derive_seed(federation.seed, round, "sample"))
+        return sorted(rng.choice(trainers, size=count, replace=False).tolist())
+
+    @staticmethod
+    def _content(instructions: Instructions, vector: np.ndarray, layout: Layout) -> RecordDict:
+        return RecordDict({GLOBAL: pack(vector), LAYOUT_KEY: layout.record(), CONFIG: instructions.record()})
+
+    def round(self, round: int, vector: np.ndarray, trainers: list[str], num_classes: int,
+              layout: Layout) -> tuple[np.ndarray, dict]:
+        """Train, aggregate and evaluate one round; returns the new global vector and the round's record."""
+        chosen = self._choose(trainers, round)
+        instructions = round_instructions(self.plan, round, num_classes=num_classes, num_clients=len(chosen))
+        collected = self.aggregator.collect(round, {name: self.sites[name] for name in chosen},
+                                            self._content(instructions, vector, layout), layout)
+        vector = self.strategy.step(vector, collected.mean)
+        content = self._content(instructions, vector, layout)
+        evaluation = self.exchange.send(EVALUATE, {name: content for name in self.sites}, round=round, layout=layout)
+        return vector, self._record(round, collected, evaluation)
+
+    def _record(self, round: int, collected: Collected, evaluation: Exchanged) -> dict:
+        train, samples, failures = collected.train, collected.samples, collected.failures
+        sites = {}
+        for name in self.sites:
+            metrics = dict(evaluation.replies[name][METRICS]) if name in evaluation.replies else {}
+            train_metrics = dict(train.replies[name][METRICS]) if name in train.replies else {}
+            protocol = collected.protocol_bytes.get(name, {})
+            bytes_of = {"train_received": train.received.get(name, 0), "train_sent": train.sent.get(name, 0),
+                        "evaluate_received": evaluation.received.get(name, 0),
+                        "evaluate_sent": evaluation.sent.get(name, 0)}
+            if collected.secure is not None:
+                bytes_of.update(secagg_received=protocol.get("received", 0), secagg_sent=protocol.get("sent", 0))
+            sites[name] = {
+                "dice": metrics.get("dice", math.nan), "iou": metrics.get("iou", math.nan),
+                "hd95": metrics.get("hd95", math.nan), "loss": metrics.get("loss", math.nan),
+                "samples": int(metrics.get("num-examples", 0)),
+                "train_loss": train_metrics.get("train-loss") if name in samples else None,
+                "train_samples": samples.get(name, 0),
+                "epsilon": train_metrics.get("epsilon"), "delta": train_metrics.get("delta"),
+                "status": ("trained" if name in samples else "failed" if name in failures
+                           else "holdout" if name == self.plan.holdout else "not chosen"),
+                "error": failures.get(name) or evaluation.failures.get(name),
+                "bytes_received": sum(v for k, v in bytes_of.items() if k.endswith("_received")),
+                "bytes_sent": sum(v for k, v in bytes_of.items() if k.endswith("_sent")),
+                "bytes": bytes_of,
+            }
+        training = {n: m for n, m in sites.items() if n != self.plan.holdout and m["samples"]}
+        record = {
+            "round": round,
+            "mean_dice": mean_over_sites(training, "dice") if training else math.nan,
+            "mean_iou": mean_over_sites(training, "iou") if training else math.nan,
+            "trained": sorted(samples),
+            "failed": dict(sorted(failures.items())),
+            "sites": sites,
+            "secure_aggregation": collected.secure is not None,
+        }
+        if collected.secure is not None:
+            record["secagg"] = collected.secure
+        if self.plan.holdout is not None:
+            record["holdout_dice"] = sites[self.plan.holdout]["dice"]
+        return record
+
+
+def run_federation(grid: Grid, plan: RunPlan, *, resume: bool = False,
+                   on_round: Callable[[dict], None] | None = None) -> dict:
+    """Run `plan` over `grid` (see the module docstring), logging every transmitted tensor in the
+    server's audit log; returns the final metrics record."""
+    with ServerJournal.open(plan, resume=resume) as journal:
+        return Federation(grid, plan, journal, resume=resume, on_round=on_round).run()

@@ -1,0 +1,92 @@
+"""A site's door: the round's instructions against its policy and its privacy budget, before training.
+
+The site builds what it checks from its own knowledge, never from the server's word about itself:
+the server's identity from its own connection (`SiteSettings.own_server`; a simulation's in-process
+server is `localhost:simulation`, no transport), the sample count from its own data, the projected
+epsilon from its own ledger. What the server asks (method, tensors, secure aggregation, DP) comes
+from the instructions, read through the same mapping as a coordinator's `fedmed policy check
+--config` (`fedmed.config.make_round_request`), so both judge the same request alike.
+
+    privacy = admit_round(session)            # RoundRefused (audited) or the round's SitePrivacy / None
+
+A violation, a DP setting the site cannot account, or a budget the round would overrun declines the
+round before the model is touched.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from fedmed.config import make_round_request
+from fedmed.fl.site.privacy import PrivacySetupError, SitePrivacy, dp_config
+from fedmed.fl.site.session import SiteSession
+from fedmed.fl.wire.instructions import Instructions
+from fedmed.fl.wire.layout import Layout
+from policies import (
+    PolicyViolationError,
+    RoundRequest,
+    ServerInfo,
+    check_round,
+    validation_problems,
+)
+
+SAM_PREFIX = "sam."  # the segmenter holds SAM as `sam`; policies name tensors as SAM does
+
+
+def policy_names(layout_names: tuple[str, ...]) -> tuple[str, ...]:
+    """Tensor names as policies state them (a SAM state dict's: the segmenter's `sam.` prefix off)."""
+    return tuple(name.removeprefix(SAM_PREFIX) for name in layout_names)
+
+
+def round_request(instructions: Instructions, server: ServerInfo, *, layout: Layout,
+                  local_samples: int) -> RoundRequest:
+    """A round as `policies.check_round` reads it, with the server as the site sees it and the
+    site's own sample count (`ValidationError` if it cannot be one)."""
+    return make_round_request(
+        method=instructions.model.method, tensor_names=policy_names(layout.names),
+        secure_aggregation=instructions.secure_aggregation, training=instructions.training,
+        privacy=instructions.privacy, server=server, round=instructions.round, num_clients=instructions.num_clients,
+        local_samples=local_samples, expected_bytes=4 * layout.numel)
+
+
+def _unusable(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "the server's instructions are invalid: " + "; ".join(validation_problems(error))
+    return str(error)
+
+
+def admit_round(session: SiteSession) -> SitePrivacy | None:
+    """Check a round before training (a train message, or a secure round's setup with its
+    transcript's instructions); returns the round's DP (None without DP) or raises the audited
+    `RoundRefused` saying why."""
+    instructions, policy, round = session.instructions, session.policy, session.round
+    samples = len(session.data.train)
+    privacy = None
+    try:
+        if instructions.secure_aggregation.enabled and instructions.num_clients < 2:
+            raise ValueError("the server's instructions are invalid: a secure round of one site is no secret")
+        session.request = round_request(instructions, session.settings.own_server(), layout=session.layout,
+                                        local_samples=samples)
+        config = dp_config(instructions.privacy, planned_rounds=instructions.federation.rounds)
+        if config is not None:
+            privacy = SitePrivacy.open(config, state_dir=session.settings.state_dir, party=session.party,
+                                       policy=policy, instructions=instructions, num_samples=samples)
+    except (PrivacySetupError, ValidationError, ValueError) as error:
+        session.decide("instructions", [error])
+        raise session.refuse(f"{session.party} declines round {round}: {_unusable(error)}",
+                             [_unusable(error)]) from None
+    projected = privacy.project() if privacy else None
+    violations = check_round(policy, session.request, epsilon_projected=projected) if policy else []
+    session.decide("instructions", violations)
+    budget = privacy.budget if privacy else None
+    over = [] if budget is None or projected <= budget else [
+        f"privacy budget: the cumulative epsilon after this round {projected:.4g} exceeds this site's "
+        f"budget {budget:g}"]
+    if violations or over:
+        reason = (f"{session.party}: {PolicyViolationError(policy.name, violations, stage='round', round=round)}"
+                  if violations else f"{session.party} declines round {round}: {over[0]}")
+        if over:
+            reason += (f"\n  (epsilon spent so far {privacy.spent:.4g}, {projected:.4g} after this round, "
+                       f"budget {budget:g} at delta {privacy.ledger.delta:.3g}; nothing was trained)")
+        raise session.refuse(reason, [str(v) for v in violations] or over)
+    return privacy

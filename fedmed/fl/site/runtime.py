@@ -1,0 +1,103 @@
+"""A site's data, model, policy and starting weights, built once per process and reused.
+
+The server's instructions only choose the model (`ModelSpec`), the image size and the seeds; a
+checkpoint the server names must match the site's copy by SHA-256 (fedmed's built-in weights are
+the site's own installed file with that SHA-256). A ClientApp keeps one `SiteRuntime` per site
+(`SiteRuntimes`), so a Ray actor or a deployed site's runner builds its data and model once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedmed.config import ModelSpec
+from fedmed.data import SiteData, load_sites, scan_data
+from fedmed.fl.site.settings import SiteSettings
+from fedmed.models import SamSegmenter, build_model
+from fedmed.models.pretrained import file_sha256, find_builtin
+from policies import Policy, load_policy
+
+
+class SiteSetupError(RuntimeError):
+    """The site cannot do what it is asked with its own settings (data, checkpoint)."""
+
+
+def load_site_data(settings: SiteSettings, *, image_size: int, seed: int) -> SiteData:
+    """This site's data. A folder of several sites needs `partition`; each site is split on its own,
+    so a site's split is the same in a simulation over all sites and in a deployment of one."""
+    if settings.data == "synthetic":
+        options = {"samples_per_site": settings.samples_per_site} if settings.samples_per_site else {}
+        sites = load_sites("synthetic", image_size=image_size, seed=seed, num_sites=settings.num_sites, **options)
+        return sites[_partition(settings, len(sites))]
+    path = Path(settings.data).expanduser()
+    scan = scan_data(path)
+    if not scan.problems and len(scan.sites) > 1:
+        path = path / scan.sites[_partition(settings, len(scan.sites))].name
+    sites = load_sites(path, image_size=image_size, seed=seed)
+    if len(sites) != 1:  # pragma: no cover - load_sites of one dataset folder gives one site
+        raise SiteSetupError(f"{path}: expected one site's dataset, found {len(sites)}")
+    return sites[0]
+
+
+def _partition(settings: SiteSettings, count: int) -> int:
+    if settings.partition is None:
+        raise SiteSetupError(f"{settings.data} holds {count} sites; a site needs the folder of its own data")
+    if not 0 <= settings.partition < count:
+        raise SiteSetupError(f"site {settings.partition} asked of {settings.data}, which holds {count} sites")
+    return settings.partition
+
+
+class SiteRuntime:
+    """A site's policy, data and model, built once per process and reused across rounds."""
+
+    def __init__(self, settings: SiteSettings):
+        self.settings = settings
+        self.policy: Policy | None = load_policy(settings.policy) if settings.policy is not None else None
+        self._data: dict[tuple, SiteData] = {}
+        self._models: dict[tuple, SamSegmenter] = {}
+        self._checkpoint_ok: set[str] = set()
+
+    def data(self, spec: ModelSpec, seed: int) -> SiteData:
+        key = (spec.size, seed)
+        if key not in self._data:
+            self._data[key] = load_site_data(self.settings, image_size=key[0], seed=seed)
+        return self._data[key]
+
+    def model(self, spec: ModelSpec, *, num_classes: int, seed: int) -> SamSegmenter:
+        key = (spec.model_dump_json(), num_classes, seed)
+        if key not in self._models:
+            self._models.clear()  # one model at a time: a ViT-H copy is large
+            config = spec.build_config(num_classes=num_classes, seed=seed, checkpoint=self._checkpoint(spec))
+            self._models[key] = build_model(config)
+        return self._models[key]
+
+    def _checkpoint(self, spec: ModelSpec) -> str | None:
+        if spec.checkpoint_sha256 is None:
+            return None
+        own = self.settings.checkpoint
+        if own is None and (builtin := find_builtin(spec.checkpoint_sha256)) is not None:
+            return str(builtin)  # fedmed's built-in weights: this installation's own copy, same SHA-256
+        if own is None:
+            raise SiteSetupError(
+                f"the federation starts from a SAM checkpoint (sha256 {spec.checkpoint_sha256[:12]}...); "
+                "give this site its own copy with --checkpoint"
+            )
+        if own not in self._checkpoint_ok:
+            digest = file_sha256(own)
+            if digest != spec.checkpoint_sha256:
+                raise SiteSetupError(f"{own}: sha256 {digest[:12]}... is not the federation's "
+                                     f"checkpoint ({spec.checkpoint_sha256[:12]}...)")
+            self._checkpoint_ok.add(own)
+        return own
+
+
+class SiteRuntimes:
+    """The runtimes of the sites one ClientApp serves (a simulation's app serves every site)."""
+
+    def __init__(self) -> None:
+        self._runtimes: dict[SiteSettings, SiteRuntime] = {}
+
+    def of(self, settings: SiteSettings) -> SiteRuntime:
+        if settings not in self._runtimes:
+            self._runtimes[settings] = SiteRuntime(settings)
+        return self._runtimes[settings]

@@ -1,0 +1,122 @@
+"""Pieces of a deployment that need no SuperLink: the app bundle a site accepts, credentials."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import socket
+import ssl
+import threading
+import zipfile
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    load_ssh_private_key,
+    load_ssh_public_key,
+)
+from flwr.cli.build import build_fab_from_disk
+
+from fedmed.fl.launch.credentials import make_site_key, make_tls
+from fedmed.fl.launch.deployment import (
+    DeploymentError,
+    app_pyproject,
+    server_certificate_sha256,
+    split_address,
+)
+from fedmed.fl.site.runner import ForeignAppError, check_fab
+
+
+def bundle(tmp_path, pyproject: str | None = None, files: dict[str, str] | None = None) -> bytes:
+    """A FAB as `flwr build` makes it from a folder with `pyproject` and `files`."""
+    app = tmp_path / "app"
+    app.mkdir(exist_ok=True)
+    (app / "pyproject.toml").write_text(pyproject or app_pyproject())
+    for name, text in (files or {}).items():
+        path = app / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return build_fab_from_disk(app)
+
+
+def test_the_bundle_fedmed_server_sends_is_accepted(tmp_path):
+    project = check_fab(bundle(tmp_path))
+    assert project["tool"]["flwr"]["app"]["components"]["clientapp"] == "fedmed.fl.site.client_app:app"
+
+
+def test_a_bundle_with_code_is_refused(tmp_path):
+    with pytest.raises(ForeignAppError, match="ships files of its own"):
+        check_fab(bundle(tmp_path, files={"fedmed/fl/site/client_app.py": "app = None  # the server's code\n"}))
+
+
+def test_a_bundle_naming_other_components_is_refused(tmp_path):
+    other = app_pyproject().replace("fedmed.fl.site.client_app:app", "evil.client:app")
+    with pytest.raises(ForeignAppError, match="names components"):
+        check_fab(bundle(tmp_path, other))
+
+
+def test_a_hand_made_archive_is_checked_too():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("pyproject.toml", app_pyproject())
+        archive.writestr("sitecustomize.py", "import os\n")
+    with pytest.raises(ForeignAppError, match="sitecustomize.py"):
+        check_fab(buffer.getvalue())
+    with pytest.raises(ForeignAppError, match="unreadable"):
+        check_fab(b"not a zip")
+
+
+def test_site_keys_are_openssh_ec_keys(tmp_path):
+    private, public = make_site_key(tmp_path / "site-0")
+    key = load_ssh_private_key(private.read_bytes(), None)
+    assert key.curve.name == "secp384r1" and private.stat().st_mode & 0o077 == 0
+    assert load_ssh_public_key(public.read_bytes()).public_numbers() == key.public_key().public_numbers()
+
+
+@contextlib.contextmanager
+def tls_server(files):
+    """A loopback TLS listener presenting `files.certificate` to one connection; yields its address."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.certificate, files.key)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def serve():
+            connection, _ = listener.accept()
+            try:
+                with context.wrap_socket(connection, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+        thread.join(timeout=5)
+
+
+def test_tls_files_and_the_fingerprint_a_site_sees(tmp_path):
+    files = make_tls(tmp_path, ("127.0.0.1", "localhost"))
+    assert files.missing() == []
+    certificate = x509.load_pem_x509_certificate(files.certificate.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    with tls_server(files) as address:
+        digest = server_certificate_sha256(address, files.ca)
+    assert digest == hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
+
+
+def test_an_untrusted_certificate_is_an_error(tmp_path):
+    files, other = make_tls(tmp_path / "a"), make_tls(tmp_path / "b")
+    with tls_server(files) as address, pytest.raises(DeploymentError, match="TLS"):
+        server_certificate_sha256(address, other.ca)
+
+
+def test_addresses():
+    assert split_address("127.0.0.1:9092") == ("127.0.0.1", 9092)
+    assert split_address("[::1]:80") == ("::1", 80)
+    with pytest.raises(ValueError):
+        split_address("localhost")
