@@ -147,8 +147,7 @@ def check(
         typer.echo(json.dumps(report, indent=2))
     else:
         out = _out()
-        f = fed.federation
-        out.print(Text(f"{config}: {f.method} on {fed.model.arch}, {len(tensors)} tensors, "
+        out.print(Text(f"{config}: {fed.model.method} on {fed.model.arch}, {len(tensors)} tensors, "
                        f"{_mib(request.expected_bytes or 0)} per site per round"))  # fmt: skip
         if violations:
             out.print(Text(f"A site with policy '{loaded.name}' would refuse this federation "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from fedmed.fl.site.client_app import make_client_app
 from fedmed.fl.site.settings import SiteSettings
 
 SMALL = dict(model=ModelSpec(image_size=32), batch_size=4, min_clients=2, num_clients=3, join_timeout=1)
+SITES_STATE = Path(tempfile.mkdtemp(prefix="fedmed-test-sites-"))  # the plain sites' own state (training keys)
 
 
 def plan_of(out: Path, **values: Any) -> RunPlan:
@@ -38,10 +40,12 @@ def small_plan(out: Path, **changes) -> RunPlan:
     return plan_of(out, **{**SMALL, **changes})
 
 
-def site_settings(context) -> SiteSettings:
-    return SiteSettings(partition=int(context.node_config["partition-id"]), samples_per_site=5, device="cpu")
+def site_settings(context, state: Path = SITES_STATE) -> SiteSettings:
+    return SiteSettings(partition=int(context.node_config["partition-id"]), samples_per_site=5, device="cpu",
+                        state_dir=str(state))
 
 
 def small_grid(intercept=None, sites: int = 3) -> InProcessGrid:
+    """The same three sites in every test (one state directory: the same training keys)."""
     return InProcessGrid(make_client_app(site_settings), [{"partition-id": i} for i in range(sites)],
                          intercept=intercept)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,7 +50,7 @@ class Captured(dict):
             yield self
 
 
-def _random_step(session, privacy) -> TrainResult:
+def _random_step(session, privacy, start) -> TrainResult:
     generator = torch.Generator().manual_seed(derive_seed(0, session.round, session.data.name))
     with torch.no_grad():
         for parameter in (p for p in session.model.parameters() if p.requires_grad):
@@ -61,12 +62,16 @@ def secure_plan(out: Path, roster: Path, **changes):
     return small_plan(out, **{"secure_aggregation": {"enabled": True}, "roster": str(roster), **changes})
 
 
-def secure_grid(keys: list[Path], roster: Path, intercept=None, enrolled: int = 3) -> InProcessGrid:
-    """Three sites; the first `enrolled` have their identity key and the roster."""
+def secure_grid(keys: list[Path], roster: Path, intercept=None, enrolled: int = 3,
+                state: Path | None = None) -> InProcessGrid:
+    """Three sites; the first `enrolled` have their identity key and the roster. Their state (release
+    memory, training keys) is in `state`, a fresh folder unless given."""
+    state = state or Path(tempfile.mkdtemp(prefix="fedmed-test-secure-sites-"))
+
     def settings(context) -> SiteSettings:
         i = int(context.node_config["partition-id"])
         secure = {"identity": str(keys[i]), "roster": str(roster)} if i < enrolled else {}
-        return SiteSettings(partition=i, samples_per_site=5, device="cpu", **secure)
+        return SiteSettings(partition=i, samples_per_site=5, device="cpu", state_dir=str(state), **secure)
 
     return InProcessGrid(make_client_app(settings), [{"partition-id": i} for i in range(3)], intercept=intercept)
 

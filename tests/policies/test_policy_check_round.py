@@ -34,9 +34,9 @@ CASES = {
     "too few clients": ("strict", {"secure_aggregation": {"num_clients": 2}}, {}, "secure_aggregation.min_clients"),
     "enough clients": ("strict", {"secure_aggregation": {"num_clients": 4, "threshold": 3}}, {}, None),
     "threshold below minimum": ("strict", {"secure_aggregation": {"threshold": 1}}, {},
-                                "secure_aggregation.min_threshold"),
+                                ("secure_aggregation.min_threshold", "secure_aggregation.max_colluders")),
     "threshold below fraction": ("strict", {"secure_aggregation": {"num_clients": 10, "threshold": 5}}, {},
-                                 "secure_aggregation.min_threshold"),
+                                 ("secure_aggregation.min_threshold", "secure_aggregation.max_colluders")),
     "threshold at fraction": ("strict", {"secure_aggregation": {"num_clients": 10, "threshold": 6}}, {}, None),
     "optional secure aggregation still has floors": (
         "research", {"secure_aggregation": {"num_clients": 1, "threshold": 1}}, {},
@@ -132,7 +132,7 @@ def test_every_violation_is_returned_at_once(strict):
     )
     assert sorted(rules(check_round(strict, request, epsilon_projected=9.0))) == sorted([
         "allowed_methods", "tensors.allow", "secure_aggregation.min_clients", "secure_aggregation.min_threshold",
-        "privacy.modes", "privacy.max_epsilon", "privacy.max_epsilon", "privacy.max_delta",
+        "secure_aggregation.max_colluders", "privacy.modes", "privacy.max_epsilon", "privacy.max_epsilon", "privacy.max_delta",
         "max_bytes_per_round", "servers.require_tls", "servers.allowed", "min_local_samples",
     ])  # fmt: skip
 
@@ -163,3 +163,36 @@ def test_the_check_is_pure(strict):
     before = (strict.model_dump(), request.model_dump())
     assert check_round(strict, request) == check_round(strict, request)
     assert (strict.model_dump(), request.model_dump()) == before
+
+
+@pytest.mark.parametrize(("threshold", "holders", "broken"), [
+    (7, None, True),   # 10 sites, t = 7: 2t - n = 4, not more than the 4 colluders assumed (split views)
+    (8, None, False),  # 2t - n = 6 > 4
+    (7, 9, False),     # the sparse graph: 9 share holders, 2t - h = 5 > 4
+])
+def test_a_site_assuming_colluders_needs_2t_minus_holders_above_them(threshold, holders, broken):
+    policy = policy_with("strict", secure_aggregation={"max_colluders": 4})
+    request = make_request(secure_aggregation={"num_clients": 10, "threshold": threshold, "holders": holders})
+    assert ("secure_aggregation.max_colluders" in rules(check_round(policy, request))) == broken
+
+
+def test_the_weighting_rule_is_the_sites_to_accept():
+    equal_only = policy_with("strict", secure_aggregation={"weighting": ["equal"]})
+    samples = make_request(secure_aggregation={"weighting": "samples"})
+    assert rules(check_round(equal_only, samples)) == ["secure_aggregation.weighting"]
+    assert rules(check_round(equal_only, make_request(secure_aggregation={"weighting": "equal"}))) == []
+
+
+@pytest.mark.parametrize(("training", "broken"), [
+    ({"lr": 1e-30, "local_epochs": 1, "batch_size": 8}, ["training.lr"]),  # the rescaling attack's learning rate
+    ({"lr": 3e-3, "local_epochs": 500, "batch_size": 8}, ["training.local_epochs"]),
+    ({"lr": 3e-3, "local_epochs": 1, "batch_size": 8, "proximal_mu": 5.0}, ["training.proximal_mu"]),
+    ({"lr": 3e-3, "local_epochs": 1, "batch_size": 8}, []),
+])
+def test_the_server_s_training_numbers_stay_in_the_sites_bounds(strict, training, broken):
+    assert rules(check_round(strict, make_request(training=training))) == broken
+
+
+def test_a_policy_range_must_not_be_empty():
+    with pytest.raises(ValueError, match="range .* is empty"):
+        policy_with("strict", training={"lr": [0.1, 0.01]})

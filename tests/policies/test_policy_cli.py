@@ -95,7 +95,9 @@ def test_check_json_carries_the_request():
     assert report["accepted"] is True and report["violations"] == []
     request = report["request"]
     assert request["method"] == "fedmsa" and len(request["tensor_names"]) == 152
-    assert request["secure_aggregation"] == {"enabled": True, "threshold": 2, "num_clients": 3}
+    assert request["secure_aggregation"] == {"enabled": True, "threshold": 2, "num_clients": 3, "holders": 3,
+                                             "weighting": "samples"}
+    assert request["training"] == {"lr": 3e-3, "local_epochs": 1, "batch_size": 8, "proximal_mu": 0.0}
     assert request["expected_bytes"] > 0
 
 

@@ -17,9 +17,10 @@ against this one (`fedmed.fl.site.releases`). The session then runs under the tr
 id, so the keys of a peer that was told anything else do not verify. A train message of a secure
 round must carry exactly the transcript's instructions and global vector (`SecureRelease.prepare`,
 which names every field that differs); after training the site refuses a NaN/Inf update itself
-(the server cannot see it), weighs it by the transcript's rule (`pack_weighted`), remembers the
-release and sends only the masked vector. Before it signs the survivors, and before it reveals
-any share, it checks that they are at least its policy's `min_clients`. The session's secrets live
+(the server cannot see it), weighs it by the transcript's rule (`pack_weighted`) and sends only
+the masked vector. Before it signs the survivors, and again before it reveals any share, it checks
+that they are at least its policy's `min_clients` and that no earlier sum from the same global
+model over other sites could be differenced against this one; signing, it remembers the sum. The session's secrets live
 in the node's `Context.state` between messages: at the site (its SuperNode), never sent. The
 identity key and the roster are the site's own files (`SiteSettings.identity`, `.roster`).
 """
@@ -41,7 +42,7 @@ from fedmed.fl.site.settings import SiteSettings
 from fedmed.fl.wire.messages import SECAGG_KEY
 from fedmed.fl.wire.secagg import StageMissingError, masked_words, round_config, stage_bytes, stage_record
 from fedmed.fl.wire.transcript import RoundTranscript, differences, vector_sha256
-from secure_agg import ClientSession, ConfigError, KeyPair, pack_weighted, parse
+from secure_agg import ClientSession, ConfigError, ForgedMessageError, KeyPair, SecAggError, pack_weighted, parse
 from secure_agg.messages import ConsistencyRequest, MaskedInput, Message, Setup, SharesForward, UnmaskRequest
 
 logger = logging.getLogger("fedmed.fl.site")
@@ -85,8 +86,8 @@ def _context(session: SiteSession) -> Context:
 def _stage(session: SiteSession, content: RecordDict, what: str) -> Message:
     try:
         return parse(stage_bytes(content, what))
-    except StageMissingError as error:
-        raise session.refuse(str(error), []) from None
+    except (StageMissingError, SecAggError) as error:
+        raise session.refuse(f"{what}: {error}", [str(error)]) from None
 
 
 def _restore(session: SiteSession, who: Enrolment) -> tuple[ClientSession, RoundTranscript]:
@@ -161,23 +162,45 @@ def _admit_setup(session: SiteSession, transcript: RoundTranscript) -> None:
     admit_round(session)
     memory = releases(session)
     try:
-        memory.check_release(transcript.roster, global_sha256=transcript.global_sha256,
-                             participants=transcript.participants, dp=transcript.instructions.privacy.mode != "none")
+        memory.check_round(transcript.roster, global_sha256=transcript.global_sha256,
+                           participants=transcript.participants, dp=_private(transcript))
         memory.admit_session(transcript.roster, transcript.session_id)
     except ReleaseRefused as error:
         raise session.refuse(str(error), [str(error)]) from None
 
 
-def _survivors(session: SiteSession, message: Message) -> None:
-    """Before signing the survivors or revealing a share: they are at least the policy's `min_clients`."""
-    if not isinstance(message, (ConsistencyRequest, UnmaskRequest)) or session.policy is None:
+def protocol_refusal(error: SecAggError) -> str:
+    """A protocol violation as the site's refusal: what broke, and what a forged peer key means here."""
+    reason = f"secure aggregation stopped: {error}"
+    if isinstance(error, ForgedMessageError):
+        reason += (" (every signature of the round commits to the round transcript: a peer that was told another "
+                   "round, other instructions, weights or global model signed another one)")
+    return reason
+
+
+def _private(transcript: RoundTranscript) -> bool:
+    return transcript.instructions.privacy.mode != "none"
+
+
+def _agree_to_sum(session: SiteSession, message: Message, transcript: RoundTranscript) -> None:
+    """Before signing the survivors (and remembering the sum) or revealing a share: enough of them
+    for the policy, and no sum of other sites from the same start before (`ReleaseRefused`)."""
+    if not isinstance(message, (ConsistencyRequest, UnmaskRequest)):
         return
-    needed = session.policy.secure_aggregation.min_clients
-    if len(message.survivors) < needed:
-        reason = (f"{len(message.survivors)} sites are in the secure sum; this site's policy needs at least "
-                  f"{needed} (secure_aggregation.min_clients) before it signs or reveals anything")
-        session.decide("survivors", [reason])
-        raise session.refuse(reason, [reason])
+    survivors = tuple(sorted(message.survivors))
+    needed = session.policy.secure_aggregation.min_clients if session.policy is not None else 2
+    reasons = [] if len(survivors) >= needed else [
+        f"{len(survivors)} sites are in the secure sum; this site needs at least {needed} "
+        "(its policy's secure_aggregation.min_clients) before it signs or reveals anything"]
+    memory = releases(session)
+    try:
+        memory.check_sum(transcript.roster, global_sha256=transcript.global_sha256, survivors=survivors,
+                         dp=_private(transcript))
+    except ReleaseRefused as error:
+        reasons.append(str(error))
+    session.decide("survivors", reasons)
+    if reasons:
+        raise session.refuse("; ".join(reasons), reasons)
 
 
 def answer_stage(session: SiteSession, content: RecordDict) -> RecordDict:
@@ -192,23 +215,25 @@ def answer_stage(session: SiteSession, content: RecordDict) -> RecordDict:
         client = ClientSession(who.client_id, who.identity.private, who.roster.ids, round_id=transcript.session_id)
     else:
         client, transcript = _restore(session, who)
-        _survivors(session, message)
+        _agree_to_sum(session, message, transcript)
     try:
         reply = client.handle(message)
-    except ConfigError as error:  # the session's own check of the round's config
-        raise session.refuse(str(error), []) from error
+    except SecAggError as error:  # the server broke the protocol: the session is aborted, nothing is revealed
+        raise session.refuse(protocol_refusal(error), [str(error)]) from error
     finally:  # an aborted session stays aborted
         _save(context, client, transcript)
+    if isinstance(message, ConsistencyRequest):  # from its signature on, the server can unmask this sum
+        releases(session).record_sum(transcript.roster, session=transcript.session_id,
+                                     global_sha256=transcript.global_sha256,
+                                     survivors=tuple(sorted(message.survivors)), dp=_private(transcript))
     return RecordDict({SECAGG_KEY: stage_record(reply.to_bytes())})
 
 
 class SecureRelease:
     """The masking step of one secure train message, prepared (and checked) before training."""
 
-    def __init__(self, session: SiteSession, client: ClientSession, transcript: RoundTranscript, message: Message,
-                 memory: ReleaseMemory):
-        self.session, self.client, self.transcript, self.message, self.memory = (
-            session, client, transcript, message, memory)
+    def __init__(self, session: SiteSession, client: ClientSession, transcript: RoundTranscript, message: Message):
+        self.session, self.client, self.transcript, self.message = session, client, transcript, message
 
     @classmethod
     def prepare(cls, session: SiteSession, content: RecordDict, start: np.ndarray) -> SecureRelease | None:
@@ -230,14 +255,7 @@ class SecureRelease:
             raise session.refuse("the train message is not the round transcript this site signed: "
                                  f"{', '.join(fields)} differ", fields)
         session.transcript = transcript
-        memory = releases(session)
-        try:
-            memory.check_release(transcript.roster, global_sha256=transcript.global_sha256,
-                                 participants=transcript.participants,
-                                 dp=transcript.instructions.privacy.mode != "none")
-        except ReleaseRefused as error:
-            raise session.refuse(str(error), [str(error)]) from None
-        return cls(session, client, transcript, message, memory)
+        return cls(session, client, transcript, message)
 
     def seal(self, vector: np.ndarray) -> tuple[ArrayRecord, np.ndarray]:
         """The masked input of `vector` (the site's update [L]): (its stage record, the masked words sent)."""
@@ -258,11 +276,10 @@ class SecureRelease:
         context = _context(session)
         try:
             reply = self.client.handle(self.message, update=packed)
+        except SecAggError as error:
+            raise session.refuse(protocol_refusal(error), [str(error)]) from error
         finally:
             _save(context, self.client, transcript)
         if not isinstance(reply, MaskedInput):  # pragma: no cover - a SharesForward is answered by a MaskedInput
             raise session.refuse(f"unexpected {type(reply).__name__}", [])
-        self.memory.record_release(transcript.roster, session=transcript.session_id,
-                                   global_sha256=transcript.global_sha256, participants=transcript.participants,
-                                   dp=transcript.instructions.privacy.mode != "none")
         return stage_record(reply.to_bytes()), masked_words(reply, length)

@@ -1,19 +1,23 @@
-"""What a site has released in secure rounds: remembered in its persistent state, never in a run's.
+"""What a site has helped the server unmask: remembered in its persistent state, never in a run's.
 
-A server that could run the same round twice with different participants would learn one site's
-update as the difference of the two sums. So, per enrolment roster, a site remembers in
-`<state_dir>/<party>/releases.json`:
+A server that could unmask two sums from the same starting model over different sets of sites
+would learn one site's update as their difference (run a round, then "resume" it in a new run with
+the victim dropping out). So, per enrolment roster, a site remembers in `<state_dir>/<party>/releases.json`:
 
 - every secure-aggregation session id it took part in (`admit_session`): a session id is never
   accepted twice, across runs and restarts (old signatures of its peers cannot be replayed into it);
-- every masked update it released (`record_release`): the digest of the global vector it started
-  from, the participants and whether the round was differentially private. Without DP it never
-  masks a second update from the same global vector for another participant set (`check_release`):
-  a resumed round with the same participants is fine (the sum is of the same updates). Under DP it
-  may, because every release is charged to its privacy ledger and a replay costs budget.
+- every sum it agreed to have unmasked (`record_sum`, when it signs the survivors: from then on the
+  server can unmask it): the digest of the global vector the round started from, the survivors, and
+  whether the round was differentially private.
 
-The file is read again and replaced atomically under an OS file lock for every change, so two
-processes of one site never lose each other's entries. A refused check changes nothing.
+Without DP a site never agrees to a second sum from the same global vector over another set of
+sites: it refuses at the setup a round whose participants cannot make the earlier set
+(`check_round`), and before it signs the survivors or reveals a share any other survivor set
+(`check_sum`). The same round repeated with the same survivors is fine (the sum is of the same
+updates: a resumed run). Under DP it may, because every release is charged to its privacy ledger
+and a replay costs budget. The file is read again and replaced atomically under an OS file lock
+for every change, so two processes of one site never lose each other's entries; a refused check
+changes nothing.
 """
 
 from __future__ import annotations
@@ -37,12 +41,12 @@ class ReleaseMemoryError(RuntimeError):
     """The release memory cannot be read (a corrupt file): nothing is released until it is repaired."""
 
 
-class Release(BaseModel):
+class UnmaskedSum(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     session: str
     global_sha256: str
-    participants: tuple[int, ...]
+    survivors: tuple[int, ...]
     dp: bool
 
 
@@ -50,7 +54,7 @@ class RosterMemory(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sessions: list[str] = Field(default_factory=list)
-    releases: list[Release] = Field(default_factory=list)
+    sums: list[UnmaskedSum] = Field(default_factory=list)
 
 
 class Memory(BaseModel):
@@ -100,26 +104,39 @@ class ReleaseMemory:
             entry.sessions.append(session)
             self._write(memory)
 
-    def check_release(self, roster: str, *, global_sha256: str, participants: tuple[int, ...], dp: bool) -> None:
-        """`ReleaseRefused` if releasing an update from `global_sha256` to `participants` could be
-        differenced against an earlier release (no DP, same start, other participants)."""
-        if dp:
-            return
+    def _earlier(self, roster: str, global_sha256: str) -> list[tuple[int, ...]]:
+        """The survivor sets of earlier non-DP sums from this global vector."""
         with self._lock():
             entry = self._read().rosters.get(roster, RosterMemory())
-        for earlier in entry.releases:
-            if earlier.global_sha256 == global_sha256 and earlier.participants != tuple(participants):
-                raise ReleaseRefused(
-                    f"this site already released an update from the same global model (sha256 "
-                    f"{global_sha256[:12]}...) to participants {list(earlier.participants)}; summed over "
-                    f"{list(participants)} instead, the difference could reveal it. Without differential "
-                    "privacy a round is repeated only with the same participants")
+        return [s.survivors for s in entry.sums if s.global_sha256 == global_sha256 and not s.dp]
 
-    def record_release(self, roster: str, *, session: str, global_sha256: str, participants: tuple[int, ...],
-                       dp: bool) -> None:
-        """Remember a release before it leaves (after `check_release`)."""
+    def check_round(self, roster: str, *, global_sha256: str, participants: tuple[int, ...], dp: bool) -> None:
+        """At the setup: `ReleaseRefused` if no survivor set of this round could be an earlier one's."""
+        if dp:
+            return
+        for earlier in self._earlier(roster, global_sha256):
+            if not set(earlier) <= set(participants):
+                raise ReleaseRefused(
+                    f"this site already agreed to a sum from the same global model (sha256 {global_sha256[:12]}...) "
+                    f"over sites {list(earlier)}; a sum over participants {list(participants)} could be differenced "
+                    "against it. Without differential privacy a round is repeated only with the same sites")
+
+    def check_sum(self, roster: str, *, global_sha256: str, survivors: tuple[int, ...], dp: bool) -> None:
+        """Before signing the survivors or revealing a share: `ReleaseRefused` for another survivor set."""
+        if dp:
+            return
+        for earlier in self._earlier(roster, global_sha256):
+            if tuple(sorted(earlier)) != tuple(sorted(survivors)):
+                raise ReleaseRefused(
+                    f"this site already agreed to a sum from the same global model (sha256 {global_sha256[:12]}...) "
+                    f"over sites {list(earlier)}; the difference with a sum over {sorted(survivors)} would reveal "
+                    "an update. Without differential privacy a round is repeated only with the same survivors")
+
+    def record_sum(self, roster: str, *, session: str, global_sha256: str, survivors: tuple[int, ...],
+                   dp: bool) -> None:
+        """Remember a sum this site agrees to have unmasked (before its signature leaves)."""
         with self._lock():
             memory = self._read()
-            memory.rosters.setdefault(roster, RosterMemory()).releases.append(
-                Release(session=session, global_sha256=global_sha256, participants=tuple(participants), dp=dp))
+            memory.rosters.setdefault(roster, RosterMemory()).sums.append(UnmaskedSum(
+                session=session, global_sha256=global_sha256, survivors=tuple(sorted(survivors)), dp=dp))
             self._write(memory)

@@ -3,11 +3,12 @@ it (recorded in the site's ledger before anything leaves, `fedmed.fl.site.privac
 training otherwise; then the update, local minus global, of the trainable tensors only.
 
 Training randomness (data order, prompt jitter) is the site's: its seed is an HMAC, under a secret
-key the site keeps in its state directory (`training.key`, 32 bytes from the OS CSPRNG), of what
-fixes the round (the global vector, the participants, the round). A server cannot compute it, so it
-cannot make two runs train alike; the same round repeated with the same participants trains the
-same (a resumed run ends with the same model). A site without a state directory draws a fresh
-seed from the CSPRNG for every round.
+key the site keeps in its state directory (`training.key`, 32 bytes from the OS CSPRNG), of the
+global vector it starts from and the round. A server can neither compute nor choose it; the same
+round from the same model trains the same (a resumed run ends with the same model), and a server
+that replays it to other participants to difference the sums is refused by the site's release
+memory (`fedmed.fl.site.releases`). A site without a state directory draws a fresh seed from the
+CSPRNG for every round.
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ def _site_key(folder: Path) -> bytes:
 
 def training_seed(session: SiteSession, start: np.ndarray) -> int:
     """A 31-bit seed for this round's training, the site's own (see the module docstring)."""
-    participants = list(session.transcript.participants) if session.transcript is not None else []
-    message = f"{vector_sha256(start)}/{participants}/{session.round}".encode()
+    message = f"{vector_sha256(start)}/{session.round}".encode()
     key = _site_key(session.state_dir) if session.state_dir is not None else os.urandom(32)
     return int.from_bytes(hmac.new(key, message, hashlib.sha256).digest()[:4], "big") & 0x7FFFFFFF
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fl_helpers import site_settings, small_plan
+from fl_helpers import SITES_STATE, site_settings, small_plan
 from secure_helpers import SITES, Captured, secure_grid, secure_plan
 
 from fedmed.fl.enrolment import enrol_sites
@@ -52,7 +52,9 @@ def runs(tmp_path_factory):
         return deliver(message)
 
     with captured.capturing():
-        secure = run_federation(secure_grid(keys, roster, watch), secure_plan(secure_out, roster, rounds=ROUNDS))
+        # the same sites as the plain run (one state directory: the same training keys)
+        secure = run_federation(secure_grid(keys, roster, watch, state=SITES_STATE),
+                                secure_plan(secure_out, roster, rounds=ROUNDS))
     plain_grid = InProcessGrid(make_client_app(site_settings), [{"partition-id": i} for i in range(3)])
     plain = run_federation(plain_grid, small_plan(plain_out, rounds=1))  # round 1 is all it is compared on
     return secure, plain, secure_out, plain_out, captured, starts

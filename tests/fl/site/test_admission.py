@@ -9,14 +9,13 @@ import torch
 from audit import verify
 from fedmed.config import FederationSection, ModelSpec, PrivacySection, SecureAggregationSection, TrainingSection
 from fedmed.fl.server.rounds import RoundFailed, run_federation
-from fedmed.fl.site.admission import round_request, secure_config_violations
+from fedmed.fl.site.admission import round_request
 from fedmed.fl.site.release import payload_summary, release_violations
 from fedmed.fl.site.settings import SIMULATION_SERVER, SiteSettings
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.fl.wire.layout import Layout
 from guard_helpers import entries, grid_of, guarded_plan, guarded_sites, policy_file, secure
 from policies import check_round, load_policy
-from secure_agg import SecAggConfig
 
 STRICT = load_policy("strict")
 
@@ -79,8 +78,8 @@ def test_a_site_refuses_a_secure_round_below_its_threshold_at_setup(tmp_path, no
     assert "secure_aggregation.min_threshold" in message and "below this site's floor of 3" in message
     for party in ("site-0", "site-1", "site-2"):
         log = tmp_path / "audit" / f"{party}.jsonl"
-        decision = entries(log, "policy_decision")[0]["body"]
-        assert decision["stage"] == "secure_aggregation" and not decision["accepted"] and decision["round"] == 1
+        decision = entries(log, "policy_decision")[0]["body"]  # at the setup: before any key is advertised
+        assert decision["stage"] == "instructions" and not decision["accepted"] and decision["round"] == 1
         assert entries(log, "refusal") and not entries(log, "tensor_sent") and verify(log).ok
 
 
@@ -119,16 +118,6 @@ def test_the_request_takes_the_server_from_the_site_and_names_as_sam_does():
     assert request.tensor_names == ("mask_decoder.iou_token.weight",)
     unknown = round_request(instructions(), SiteSettings().own_server(), layout=LAYOUT, local_samples=64)
     assert unknown.server.address == "unknown"  # a deployed site not told its server: strict refuses it
-
-
-def secagg(clients: int, threshold: int) -> SecAggConfig:
-    return SecAggConfig(num_clients=clients, threshold=threshold, vector_length=8, clip=1.0, precision_bits=16)
-
-
-def test_the_secure_setup_is_held_to_the_policy():
-    assert [v.rule for v in secure_config_violations(STRICT, secagg(20, 11))] == ["secure_aggregation.min_threshold"]
-    assert secure_config_violations(STRICT, secagg(20, 12)) == []
-    assert [v.rule for v in secure_config_violations(STRICT, secagg(2, 2))] == ["secure_aggregation.min_clients"]
 
 
 def test_an_unmasked_payload_is_refused_where_secure_aggregation_is_required():
