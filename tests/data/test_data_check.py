@@ -84,7 +84,7 @@ def test_a_folder_of_sites(make_2d, tmp_path):
     make_2d("fed/hospital_a", n=4)
     sites = load_sites(tmp_path / "fed", image_size=16)
     assert [s.name for s in sites] == ["hospital_a", "hospital_b"]
-    assert all(len(s.train) == 3 and len(s.val) == 1 for s in sites)
+    assert all((len(s.train), len(s.val), len(s.test)) == (2, 1, 1) for s in sites)  # 60 / 20 / 20 %
     (tmp_path / "fed" / "hospital_c").mkdir()  # a site folder of the wrong shape is a problem, not skipped
     assert "not a dataset" in _problems(tmp_path / "fed")["hospital_c"]
 
@@ -114,9 +114,11 @@ def test_unknown_options_are_refused(make_2d):
 
 
 def test_a_site_splits_the_same_alone_or_with_others(make_2d, tmp_path):
+    # the split is the site's own file (split_dir/<site>.split.json), so how sites are loaded cannot change it
     make_2d("fed/a", n=10)
     make_2d("fed/b", n=10)
-    together = {s.name: s for s in load_sites(tmp_path / "fed", image_size=16)}
-    alone = load_sites(tmp_path / "fed" / "b", image_size=16)[0]
-    ids = lambda ds: [ds[i]["id"] for i in range(len(ds))]  # noqa: E731
-    assert ids(alone.val) == ids(together["b"].val) and ids(alone.train) == ids(together["b"].train)
+    keep = tmp_path / "state"
+    together = {s.name: s for s in load_sites(tmp_path / "fed", image_size=16, split_dir=keep)}
+    alone = load_sites(tmp_path / "fed" / "b", image_size=16, split_dir=keep)[0]
+    for side in ("train", "val", "test"):
+        assert getattr(alone, side).case_ids() == getattr(together["b"], side).case_ids()

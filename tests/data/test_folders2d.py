@@ -20,7 +20,7 @@ def test_reads_each_format_into_items(make_2d, suffix):
     root = make_2d(image_suffix=suffix, n=5)
     (site,) = load_sites(root, image_size=24)
     assert site.name == "site" and site.num_classes == 2 and site.class_names == ["background", "foreground"]
-    assert len(site.train) + len(site.val) == 5 and len(site.val) == 1
+    assert len(site.train) + len(site.val) + len(site.test) == 5 and len(site.val) == len(site.test) == 1
     item = site.train[0]
     assert item["image"].shape == (3, 24, 24) and item["image"].dtype == torch.float32
     assert 0 <= float(item["image"].min()) and float(item["image"].max()) <= 255
@@ -42,7 +42,7 @@ def test_mask_stems_match_with_common_suffixes(make_2d):
         p.rename(p.with_name(p.stem + "_segmentation.png"))  # ISIC naming
     index = scan_folder2d(root)
     assert not index.problems
-    assert [(i.name, m.name) for i, m in index.pairs] == [
+    assert [(c.image.name, c.mask.name) for c in index.cases] == [
         ("case0.png", "case0_segmentation.png"), ("case1.png", "case1_segmentation.png")]
 
 
@@ -78,7 +78,7 @@ def test_palette_and_jpeg_masks(tmp_path):
 def test_multiclass_from_classes_json(make_2d):
     root = make_2d(mask_scale=1, classes={"background": 0, "disc": 1, "cup": 2})
     Image.fromarray(np.full((32, 32), 2, np.uint8)).save(root / "masks" / "case0.png")
-    (site,) = load_sites(root, image_size=32, val_fraction=0.0)
+    (site,) = load_sites(root, image_size=32, val_fraction=0.0, test_fraction=0.0)
     assert site.num_classes == 3 and site.class_names == ["background", "disc", "cup"]
     masks = {site.train[i]["id"]: site.train[i]["mask"] for i in range(len(site.train))}
     assert masks["case0"].unique().tolist() == [2]
