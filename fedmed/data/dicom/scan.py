@@ -55,6 +55,7 @@ class DicomCase(VolumeCase):
     sop_uids: list[str]
     modality: str
     label: Path
+    broken: bool = False  # its series has problems: its label is matched but not read
 
 
 @dataclass(kw_only=True)
@@ -127,7 +128,7 @@ def patient_digest(key: bytes, ds: Dataset) -> str | None:
 
 
 def _series_case(root: Path, folder: Path, headers: list, key: bytes, index: DicomIndex) -> DicomCase | None:
-    """Check one folder's series; a case if it holds exactly one usable series."""
+    """Check one folder's series; a case if it holds one series (`broken` if that has problems)."""
     by_series: dict[str, list] = {}
     for path, ds in headers:
         by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
@@ -143,7 +144,7 @@ def _series_case(root: Path, folder: Path, headers: list, key: bytes, index: Dic
         return None
     ordered, problems = check_series(headers)
     index.problems += [DataProblem(path, text) for path, text in problems]
-    if problems or not ordered:
+    if not ordered:
         return None
     name = folder.relative_to(root / "dicom").as_posix()
     first = ordered[0][1]
@@ -157,7 +158,7 @@ def _series_case(root: Path, folder: Path, headers: list, key: bytes, index: Dic
         index.notes.append(f"{name}: no PatientID, so this series is its own patient")
     return DicomCase(name=name, patient=patient or "", series=DicomSeries.from_headers(ordered),
                      series_uid=str(first.SeriesInstanceUID), sop_uids=[str(ds.SOPInstanceUID) for _, ds in ordered],
-                     modality=str(first.get("Modality", "")), label=Path())
+                     modality=str(first.get("Modality", "")), label=Path(), broken=bool(problems))
 
 
 def _match_labels(root: Path, cases: list[DicomCase], segs: list, index: DicomIndex) -> None:
@@ -213,8 +214,9 @@ def scan_dicom(root: Path, *, channel: int = 0, progress: Progress | None = None
         index.problems.append(DataProblem(root / "dicom", "empty dataset: no DICOM images"))
     _match_labels(root, cases, segs, index)
     for done, case in enumerate(cases, 1):
-        index.problems += [DataProblem(path, text) for path, text in case.series.pixel_problems()]
-        if classes is not None and case.label != Path():
+        if not case.broken:
+            index.problems += [DataProblem(path, text) for path, text in case.series.pixel_problems()]
+        if not case.broken and classes is not None and case.label != Path():
             try:
                 case.foreground = foreground_slices(read_labels(case, classes), classes)
             except LabelError as exc:

@@ -12,6 +12,7 @@ or SEG objects.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_rescale, get_decoder
 
-GAP_FACTOR = 1.5  # a step this many times the usual slice distance means missing slices
+GAP_FACTOR = 1.5  # a step this many times the usual (smallest) slice distance means missing slices
 SPACING_TOLERANCE = 0.05  # relative: steps may differ from the usual one by this much
 ORIENTATION_TOLERANCE = 1e-4
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -53,6 +54,16 @@ def decoder_problem(ds: Dataset) -> str | None:
     return f"compressed as {uid.name}, which no installed package decodes: install one of: {options}"
 
 
+def _typical(usable: list[tuple[Path, Dataset]]) -> tuple[Path, Dataset]:
+    """The slice whose orientation, size and pixel spacing most slices share: the one others are held to."""
+    def key(ds: Dataset) -> tuple:
+        return (*np.round(np.asarray(ds.ImageOrientationPatient, dtype=float), 4), ds.Rows, ds.Columns,
+                *np.round(np.asarray(ds.PixelSpacing, dtype=float), 4))
+
+    counts = Counter(key(ds) for _, ds in usable)
+    return max(usable, key=lambda h: counts[key(h[1])])
+
+
 def check_series(headers: list[tuple[Path, Dataset]]) -> tuple[list[tuple[Path, Dataset]], list[tuple[Path, str]]]:
     """Order one series' slices by position and list every problem as (file, what is wrong).
 
@@ -76,9 +87,9 @@ def check_series(headers: list[tuple[Path, Dataset]]) -> tuple[list[tuple[Path, 
             problems.append((path, why))
     if not usable:
         return [], problems
-    first_path, first = usable[0]
+    first_path, first = _typical(usable)
     iop0 = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
-    for path, ds in usable[1:]:
+    for path, ds in usable:
         if not np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=np.float64), iop0, atol=ORIENTATION_TOLERANCE):
             problems.append((path, f"inconsistent orientation: ImageOrientationPatient differs from {first_path.name}'s"))
         if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
@@ -91,8 +102,8 @@ def check_series(headers: list[tuple[Path, Dataset]]) -> tuple[list[tuple[Path, 
     ordered = sorted(usable, key=lambda h: slice_position(h[1], along))
     positions = np.array([slice_position(ds, along) for _, ds in ordered])
     steps = np.diff(positions)
-    if len(steps):
-        usual = float(np.median(steps))
+    if np.any(steps >= 1e-3):
+        usual = float(np.min(steps[steps >= 1e-3]))  # missing slices only lengthen steps
         for k, step in enumerate(steps):
             here, before = ordered[k + 1][0], ordered[k][0]
             if step < 1e-3:
