@@ -122,3 +122,38 @@ def test_a_site_splits_the_same_alone_or_with_others(make_2d, tmp_path):
     alone = load_sites(tmp_path / "fed" / "b", image_size=16, split_dir=keep)[0]
     for side in ("train", "val", "test"):
         assert getattr(alone, side).case_ids() == getattr(together["b"], side).case_ids()
+
+
+def test_a_new_format_is_one_registry_entry(tmp_path, monkeypatch):
+    """Scan, check, split and load dispatch through the registry: a toy format needs nothing else."""
+    import torch
+
+    from fedmed.data import formats
+    from fedmed.data.classes import BINARY
+    from fedmed.data.types import Case, CaseDataset, DataFormat, DatasetIndex
+
+    class Toy(CaseDataset):
+        def __init__(self, cases, size):
+            self.cases, self.item_case, self.size = cases, list(range(len(cases))), size
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(3, self.size, self.size), "mask": torch.zeros(self.size, self.size,
+                    dtype=torch.int64), "site": "toy", "id": self.cases[i].name}
+
+    def scan(root, *, channel, progress):
+        return DatasetIndex(root=root, classes=BINARY, cases=[Case(name=n, patient="P" + n[0]) for n in
+                                                              json.loads((root / "toy.json").read_text())])
+
+    toy = DataFormat(name="toy", layout="toy.json", detect=lambda p: (p / "toy.json").is_file(), scan=scan,
+                     dataset=lambda index, cases, site, options: Toy(cases, options.image_size))
+    monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, toy))
+    root = tmp_path / "toysite"
+    root.mkdir()
+    (root / "toy.json").write_text(json.dumps(["a1", "a2", "b1", "c1", "d1"]))
+    assert check_dataset(root) == []
+    (site,) = load_sites(root, image_size=4)
+    assert site.name == "toysite" and site.num_classes == 2
+    assert sorted(site.train.case_ids() + site.val.case_ids() + site.test.case_ids()) == ["a1", "a2", "b1", "c1", "d1"]
+    assert site.train[0]["image"].shape == (3, 4, 4)
+    (tmp_path / "other").mkdir()
+    assert "or toy.json" in check_dataset(tmp_path)[0].problem  # the layout help lists every format
