@@ -26,17 +26,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "data")]
+
+from dicom_helpers import ras_affine, write_series  # noqa: E402  (the tests' series writer)
 
 from fedmed.data import load_sites, write_dicom_seg  # noqa: E402
 from fedmed.data.dicom.series import DicomSeries, check_series  # noqa: E402
 from fedmed.data.nifti import read_volume  # noqa: E402
 
-SPACING, STEP, ORIGIN = (0.7, 0.7), 2.0, (-180.0, -180.0, 0.0)
-SLOPE, INTERCEPT = 1.0, -1024.0
+GEOMETRY = dict(spacing=(0.7, 0.7), step=2.0, origin=(-180.0, -180.0, 0.0))
 
 
 def _volume(size: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,42 +50,10 @@ def _volume(size: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
     return np.round(hu + 60 * labels), labels
 
 
-def _write_dicom(folder: Path, hu: np.ndarray) -> list[Dataset]:
-    folder.mkdir(parents=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    datasets = []
-    for k in range(hu.shape[0]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "BENCH", "BENCH^MARK", "", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "", "", "1", "", ""
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer = "CT", 1, k + 1, "bench"
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.ImagePositionPatient = [ORIGIN[0], ORIGIN[1], ORIGIN[2] + k * STEP]
-        ds.PixelSpacing, ds.SliceThickness = list(SPACING), STEP
-        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = *hu.shape[1:], 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = SLOPE, INTERCEPT
-        ds.PixelData = ((hu[k] - INTERCEPT) / SLOPE).astype(np.int16).tobytes()
-        ds.save_as(folder / f"IM{k:04d}", enforce_file_format=True)
-        datasets.append(ds)
-    return datasets
-
-
-def _affine() -> np.ndarray:
-    return np.array([[-SPACING[1], 0, 0, -ORIGIN[0]], [0, -SPACING[0], 0, -ORIGIN[1]],
-                     [0, 0, STEP, ORIGIN[2]], [0, 0, 0, 1]])
-
-
 def _make(root: Path, size: int, depth: int) -> dict[str, Path]:
     hu, labels = _volume(size, depth)
     dicom = root / "dicom_site"
-    datasets = _write_dicom(dicom / "dicom" / "case0", hu)
+    datasets = write_series(dicom / "dicom" / "case0", hu, slope=1.0, intercept=-1024.0, **GEOMETRY)
     write_dicom_seg(labels, datasets, ["background", "liver"], algorithm_name="bench", algorithm_version="0",
                     model_sha256="0" * 64, out_path=dicom / "labels" / "seg.dcm")
     (dicom / "classes.json").write_text(json.dumps(["background", "liver"]))
@@ -95,9 +63,9 @@ def _make(root: Path, size: int, depth: int) -> dict[str, Path]:
         (site / "imagesTr").mkdir(parents=True)
         (site / "labelsTr").mkdir()
         (site / "dataset.json").write_text(json.dumps({"labels": ["background", "liver"], "modality": {"0": "CT"}}))
-        nib.save(nib.Nifti1Image(np.transpose(hu, (2, 1, 0)).astype(np.int16), _affine()),
+        nib.save(nib.Nifti1Image(np.transpose(hu, (2, 1, 0)).astype(np.int16), ras_affine(**GEOMETRY)),
                  site / "imagesTr" / f"case0{suffix}")
-        nib.save(nib.Nifti1Image(np.transpose(labels, (2, 1, 0)), _affine()), site / "labelsTr" / f"case0{suffix}")
+        nib.save(nib.Nifti1Image(np.transpose(labels, (2, 1, 0)), ras_affine(**GEOMETRY)), site / "labelsTr" / f"case0{suffix}")
         sites[name] = site
     return sites
 

@@ -22,7 +22,7 @@ from fedmed.data.images2d import IMAGE_SUFFIXES, ReadError, read_image, read_mas
 from fedmed.data.patients import assign_patients
 from fedmed.data.transforms import image_to_tensor, mask_to_tensor
 from fedmed.data.types import (
-    Case, CaseDataset, DataError, DataFormat, DatasetIndex, DataProblem, LoadOptions, Progress,
+    Case, CaseDataset, DataError, DataFormat, DatasetIndex, DataProblem, Progress,
 )
 
 MASK_STEM_SUFFIXES = ("", "_segmentation", "_mask", "_seg", "_label", "_labels", "_gt")

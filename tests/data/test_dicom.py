@@ -7,7 +7,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pydicom
-import pytest
 import torch
 from dicom_helpers import ct_volume, ras_affine, write_series
 from pydicom.encaps import encapsulate
@@ -130,7 +129,7 @@ def test_patients_come_from_the_headers_as_local_digests(make_dicom):
     assert not digests & set(patient_of.values())  # a fresh key each load: digests link to nothing
 
 
-def test_mixed_patients_folder_layout_and_no_classes(make_dicom):
+def test_a_dicom_site_must_declare_its_classes(make_dicom):
     root = make_dicom(cases=("c0",))
     (root / "classes.json").unlink()
     assert "missing classes.json" in " ".join(p.problem for p in check_dataset(root))

@@ -54,13 +54,8 @@ class DicomCase(VolumeCase):
     series_uid: str
     sop_uids: list[str]
     modality: str
-    label: Path
+    label: Path | None = None
     broken: bool = False  # its series has problems: its label is matched but not read
-
-
-@dataclass(kw_only=True)
-class DicomIndex(DatasetIndex):
-    pass
 
 
 def _files(folder: Path) -> list[Path]:
@@ -127,7 +122,7 @@ def patient_digest(key: bytes, ds: Dataset) -> str | None:
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
 
 
-def _series_case(root: Path, folder: Path, headers: list, key: bytes, index: DicomIndex) -> DicomCase | None:
+def _series_case(root: Path, folder: Path, headers: list, key: bytes, index: DatasetIndex) -> DicomCase | None:
     """Check one folder's series; a case if it holds one series (`broken` if that has problems)."""
     by_series: dict[str, list] = {}
     for path, ds in headers:
@@ -158,10 +153,10 @@ def _series_case(root: Path, folder: Path, headers: list, key: bytes, index: Dic
         index.notes.append(f"{name}: no PatientID, so this series is its own patient")
     return DicomCase(name=name, patient=patient or "", series=DicomSeries.from_headers(ordered),
                      series_uid=str(first.SeriesInstanceUID), sop_uids=[str(ds.SOPInstanceUID) for _, ds in ordered],
-                     modality=str(first.get("Modality", "")), label=Path(), broken=bool(problems))
+                     modality=str(first.get("Modality", "")), broken=bool(problems))
 
 
-def _match_labels(root: Path, cases: list[DicomCase], segs: list, index: DicomIndex) -> None:
+def _match_labels(root: Path, cases: list[DicomCase], segs: list, index: DatasetIndex) -> None:
     """Give each case its one label file: the SEG that references its series, or labels/CASE.nii.gz."""
     case_of = {c.series_uid: c for c in cases}
     found: dict[str, list[Path]] = {}
@@ -193,12 +188,12 @@ def read_labels(case: DicomCase, classes: ClassMap) -> np.ndarray:
     return read_seg(case.label, case.series, case.sop_uids, classes)
 
 
-def scan_dicom(root: Path, *, channel: int = 0, progress: Progress | None = None) -> DicomIndex:
+def scan_dicom(root: Path, *, channel: int = 0, progress: Progress | None = None) -> DatasetIndex:
     """Read every header, check every series and decode every label; report every problem (nothing raises).
 
     `progress(done, total)` is called after each case's label; `channel` is for NIfTI and unused here.
     """
-    index = DicomIndex(root=root)
+    index = DatasetIndex(root=root)
     classes, problems = declared_classes(root)
     index.problems += [DataProblem(path, text) for path, text in problems]
     if classes is None and not problems:
@@ -216,7 +211,7 @@ def scan_dicom(root: Path, *, channel: int = 0, progress: Progress | None = None
     for done, case in enumerate(cases, 1):
         if not case.broken:
             index.problems += [DataProblem(path, text) for path, text in case.series.pixel_problems()]
-        if not case.broken and classes is not None and case.label != Path():
+        if not case.broken and classes is not None and case.label is not None:
             try:
                 case.foreground = foreground_slices(read_labels(case, classes), classes)
             except LabelError as exc:
