@@ -53,10 +53,6 @@ class DataScan:
     problems: list[DataProblem] = field(default_factory=list)
 
 
-def is_dataset(path: Path) -> bool:
-    return format_of(path) is not None
-
-
 def _site_folders(path: Path, problems: list[DataProblem]) -> list[tuple[str, Path, DataFormat]]:
     found = format_of(path)
     if found is not None:

@@ -33,11 +33,10 @@ SPLIT_FILE_VERSION = 1
 
 @dataclass(frozen=True)
 class Split:
-    """Case names per side, and where they come from (`file`: the file that says so, if any)."""
+    """Case names per side, and where they come from."""
 
     sides: dict[str, list[str]]
     source: str
-    file: Path | None = None
 
     def info(self, patients: dict[str, str]) -> SplitInfo:
         return SplitInfo(self.source, {s: len(self.sides[s]) for s in SIDES},
@@ -169,14 +168,14 @@ def settle_split(index: DatasetIndex, *, site: str, split_file: Path | None, val
             return None, [DataProblem(path, (
                 f"corrupt split file ({exc}); restore it, or delete it to make a new split "
                 "(cases evaluated before may then train)"))]
-        return Split(sides, source, path), _check(sides, cases, path)
+        return Split(sides, source), _check(sides, cases, path)
     sides = make_split(cases, val_fraction=val_fraction, test_fraction=test_fraction)
     if split_file is None:
         return Split(sides, "drawn now (CSPRNG), not kept: a new one every load"), []
     if not make:
         return Split(sides, f"none yet: the first load draws one (CSPRNG) and keeps it in {split_file}"), []
     sides = _write_new(split_file, sides, site=site, val_fraction=val_fraction, test_fraction=test_fraction)
-    return Split(sides, f"drawn (CSPRNG) and kept in {split_file}", split_file), _check(sides, cases, split_file)
+    return Split(sides, f"drawn (CSPRNG) and kept in {split_file}"), _check(sides, cases, split_file)
 
 
 def split_file_for(split_dir: str | Path | None, site: str) -> Path | None:

@@ -121,10 +121,6 @@ class SplitInfo:
     cases: dict[str, int]
     patients: dict[str, int]
 
-    def describe(self) -> str:
-        sides = ", ".join(f"{self.cases[s]} {s}" for s in ("train", "val", "test"))
-        return f"{sides} cases ({self.source})"
-
 
 @dataclass
 class SiteData:

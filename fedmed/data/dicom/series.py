@@ -144,9 +144,9 @@ class DicomSeries:
         lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = iop[:3] * col_mm, iop[3:] * row_mm, step, origin
         return cls(tuple(p for p, _ in ordered), LPS_TO_RAS @ lps, int(first.Rows), int(first.Columns))
 
-    def datasets(self, *, pixels: bool = False) -> list[Dataset]:
-        """The series' datasets in slice order (headers only unless `pixels`)."""
-        return [pydicom.dcmread(p, stop_before_pixels=not pixels) for p in self.files]
+    def datasets(self) -> list[Dataset]:
+        """The series' headers (read without pixels) in slice order."""
+        return [pydicom.dcmread(p, stop_before_pixels=True) for p in self.files]
 
     def pixel_problems(self) -> list[tuple[Path, str]]:
         """Decode every file once: (file, why) for each whose pixels cannot be read or have the wrong size."""
