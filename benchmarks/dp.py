@@ -35,7 +35,7 @@ from fedmed.train import SegmentationLoss, TrainConfig, boxes_from_masks, make_o
 
 
 def _batch(size: int, batch: int) -> dict:
-    site = load_sites("synthetic", image_size=size, seed=0, num_sites=1, samples_per_site=max(batch + 2, 10))[0]
+    site = load_sites("synthetic", image_size=size, data_seed=0, num_sites=1, samples_per_site=max(batch + 2, 10))[0]
     items = [site.train[i] for i in range(batch)]
     return {"image": torch.stack([x["image"] for x in items]), "mask": torch.stack([x["mask"] for x in items])}
 

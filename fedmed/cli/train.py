@@ -40,7 +40,7 @@ def train(
 
     try:
         synthetic = {"num_sites": num_sites, "samples_per_site": samples_per_site} if data == "synthetic" else {}
-        sites = load_sites(data, image_size=image_size or _preset_size(arch), seed=seed, **synthetic)
+        sites = load_sites(data, image_size=image_size or _preset_size(arch), data_seed=seed, **synthetic)
         start = starting_checkpoint(arch, checkpoint, pretrained=not random_init)
     except (DataError, BuiltinWeightsError) as error:
         console.print(f"[red]{error}[/red]")

@@ -9,11 +9,15 @@ Class index 0 is background. Undeclared 2D masks are binary when their values li
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 MAX_INFERRED_CLASSES = 16
+CLASS_FILES = ("classes.json", "dataset.json")
+INTERPOLATED = "this mask was resized with interpolation: use nearest neighbour"
 
 
 class ClassSpecError(ValueError):
@@ -103,3 +107,44 @@ def infer_classes(values: set[int]) -> tuple[ClassMap | None, str]:
     names = tuple("background" if v == 0 else f"class_{v}" for v in ordered)
     note = f"no classes.json: inferred {len(names)} classes from mask values {ordered}"
     return ClassMap(names, {v: i for i, v in enumerate(ordered)}), note
+
+
+def declared_classes(root: Path) -> tuple[ClassMap | None, list[tuple[Path, str]]]:
+    """The classes declared by `classes.json` or the `labels` of `dataset.json` in `root`, if any.
+
+    Returns (classes or None, [(file, what is wrong)]).
+    """
+    for name in CLASS_FILES:
+        path = root / name
+        if not path.is_file():
+            continue
+        try:
+            spec = json.loads(path.read_text())
+            if isinstance(spec, dict) and isinstance(spec.get("labels", spec.get("classes")), (dict, list)):
+                spec = spec.get("labels", spec.get("classes"))
+            return parse_classes(spec), []
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ClassSpecError) as exc:
+            return None, [(path, f"cannot read the class declaration ({exc})")]
+    return None, []
+
+
+def edge_only_values(mask: np.ndarray) -> set[int]:
+    """Values of a 2D label map that never fill a pixel together with its four neighbours.
+
+    A mask resized with (bi)linear interpolation has ramps of in-between values along the edges of
+    its regions; such values sit only on edges, while real classes have inner pixels.
+    """
+    values = {int(v) for v in np.unique(mask)}
+    if min(mask.shape) < 3:
+        return set()
+    centre = mask[1:-1, 1:-1]
+    flat = ((centre == mask[:-2, 1:-1]) & (centre == mask[2:, 1:-1])
+            & (centre == mask[1:-1, :-2]) & (centre == mask[1:-1, 2:]))
+    return values - {int(v) for v in np.unique(centre[flat])}
+
+
+def interpolated(values: set[int], edge_only: set[int], undeclared: set[int]) -> bool:
+    """Whether `undeclared` values look like interpolation: only on edges, between two real values."""
+    plateau = values - edge_only
+    return bool(undeclared) and len(plateau) >= 2 and undeclared <= edge_only and all(
+        min(plateau) < v < max(plateau) for v in undeclared)

@@ -8,6 +8,8 @@ a fainter decoy blob the size of a structure. Classes (up to 4):
 1 organ (bright, mottled blob), 2 lesion (darker blob inside an organ), 3 cyst (dark, smooth blob).
 
 Sample i of site k depends only on (seed, k, i), so it is generated lazily and the same everywhere.
+The seed is the site's own data setting (default 0), never a server's; the split is by picture
+number, so it follows from the seed too. Each picture is its own patient.
 """
 
 from __future__ import annotations
@@ -17,12 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
-
 from fedmed.data.drawing import (
     blob, box, draw_curves, gaussian_blur, grid, random_curve, smooth_field, soft_inside,
 )
-from fedmed.data.types import SiteData
+from fedmed.data.types import Case, CaseDataset, SiteData, SplitInfo
 
 CLASS_NAMES = ("background", "organ", "lesion", "cyst")
 REFERENCE_SIZE = 128  # px; sizes below are given at this size and scale with image_size
@@ -168,17 +168,16 @@ def synthetic_sample(p: SiteProfile, *, seed: int, site: int, index: int, image_
     return _scan(p, rng, tissue), label
 
 
-class SyntheticDataset(Dataset):
+class SyntheticDataset(CaseDataset):
     """Pictures `indices` of one synthetic site, generated on first access and then kept."""
 
     def __init__(self, profile: SiteProfile, site: int, indices: range, *, seed: int, image_size: int,
                  num_classes: int):
         self.profile, self.site, self.indices = profile, site, indices
         self.seed, self.image_size, self.num_classes = seed, image_size, num_classes
+        self.cases = [Case(name=f"{profile.name}/{index:04d}") for index in indices]
+        self.item_case = list(range(len(indices)))
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
         index = self.indices[i]
@@ -188,12 +187,15 @@ class SyntheticDataset(Dataset):
             self._cache[i] = torch.from_numpy(image), torch.from_numpy(mask)
         image, mask = self._cache[i]
         return {"image": image.expand(3, -1, -1).clone(), "mask": mask.clone(),
-                "site": self.profile.name, "id": f"{self.profile.name}/{index:04d}"}
+                "site": self.profile.name, "id": self.cases[i].name}
 
 
 def make_synthetic_sites(num_sites: int = 3, *, seed: int = 0, image_size: int = 128, samples_per_site: int = 80,
-                         num_classes: int = 2, val_fraction: float = 0.2) -> list[SiteData]:
-    """The synthetic federation: `num_sites` sites of `samples_per_site` pictures, split per site.
+                         num_classes: int = 2, val_fraction: float = 0.2, test_fraction: float = 0.2
+                         ) -> list[SiteData]:
+    """The synthetic federation: `num_sites` sites of `samples_per_site` pictures to train and validate
+    on (the last `val_fraction` of them validate), plus `test_fraction * samples_per_site` test
+    pictures numbered after them (generated only when read, so they change nothing else).
 
     `num_classes` is 2 (organ vs background), 3 (+ lesion inside organs) or 4 (+ cysts).
     """
@@ -203,14 +205,16 @@ def make_synthetic_sites(num_sites: int = 3, *, seed: int = 0, image_size: int =
         raise ValueError(f"samples_per_site must be at least 2, not {samples_per_site}")
     n_val = min(max(1, int(round(samples_per_site * val_fraction))), samples_per_site - 1)
     n_train = samples_per_site - n_val
+    n_test = int(round(samples_per_site * test_fraction))
+    ranges = {"train": range(n_train), "val": range(n_train, samples_per_site),
+              "test": range(samples_per_site, samples_per_site + n_test)}
+    counts = {side: len(r) for side, r in ranges.items()}
+    split = SplitInfo(f"synthetic: by picture number, from the data seed {seed}", counts, counts)
     sites = []
     for k, profile in enumerate(site_profiles(num_sites, seed)):
         common = dict(seed=seed, image_size=image_size, num_classes=num_classes)
         sites.append(SiteData(
-            name=profile.name,
-            train=SyntheticDataset(profile, k, range(n_train), **common),
-            val=SyntheticDataset(profile, k, range(n_train, samples_per_site), **common),
-            num_classes=num_classes,
-            class_names=list(CLASS_NAMES[:num_classes]),
+            name=profile.name, **{side: SyntheticDataset(profile, k, r, **common) for side, r in ranges.items()},
+            num_classes=num_classes, class_names=list(CLASS_NAMES[:num_classes]), split=split,
         ))
     return sites

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_helpers import ct_volume, ras_affine, write_series
 from PIL import Image
+
+from fedmed.data import write_dicom_seg
 
 
 def disk(size: int, centre: tuple[int, int], radius: int) -> np.ndarray:
@@ -62,6 +65,34 @@ def make_nifti(tmp_path):
             image[label > 0] = hu[1]
             nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"c{i}.nii.gz")
             nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr" / f"c{i}.nii.gz")
+        return root
+
+    return make
+
+
+@pytest.fixture
+def make_dicom(tmp_path):
+    """Write a DICOM site: one CT series per case folder under dicom/, labels as DICOM SEG or NIfTI.
+
+    `patients[i]` is case i's PatientID (default: one patient each).
+    """
+    import nibabel as nib
+
+    def make(name: str = "hospital", cases=("p01/ct", "p02/ct", "p03/ct"), *, labels: str = "seg",
+             patients=None, classes=("background", "liver"), depth: int = 6) -> Path:
+        root = tmp_path / name
+        root.mkdir(parents=True)
+        (root / "classes.json").write_text(json.dumps(list(classes)))
+        for i, case in enumerate(cases):
+            hu, lab = ct_volume(depth)
+            datasets = write_series(root / "dicom" / case, hu, patient_id=patients[i] if patients else f"MRN9912{i}")
+            if labels == "seg":
+                write_dicom_seg(lab, datasets, classes, algorithm_name="annotator", algorithm_version="1",
+                                model_sha256="0" * 64, out_path=root / "labels" / f"seg{i}.dcm")
+            else:
+                (root / "labels" / case).parent.mkdir(parents=True, exist_ok=True)
+                nib.save(nib.Nifti1Image(np.transpose(lab, (2, 1, 0)), ras_affine()),
+                         root / "labels" / f"{case}.nii.gz")
         return root
 
     return make

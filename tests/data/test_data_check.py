@@ -84,7 +84,7 @@ def test_a_folder_of_sites(make_2d, tmp_path):
     make_2d("fed/hospital_a", n=4)
     sites = load_sites(tmp_path / "fed", image_size=16)
     assert [s.name for s in sites] == ["hospital_a", "hospital_b"]
-    assert all(len(s.train) == 3 and len(s.val) == 1 for s in sites)
+    assert all((len(s.train), len(s.val), len(s.test)) == (2, 1, 1) for s in sites)  # 60 / 20 / 20 %
     (tmp_path / "fed" / "hospital_c").mkdir()  # a site folder of the wrong shape is a problem, not skipped
     assert "not a dataset" in _problems(tmp_path / "fed")["hospital_c"]
 
@@ -114,9 +114,46 @@ def test_unknown_options_are_refused(make_2d):
 
 
 def test_a_site_splits_the_same_alone_or_with_others(make_2d, tmp_path):
+    # the split is the site's own file (split_dir/<site>.split.json), so how sites are loaded cannot change it
     make_2d("fed/a", n=10)
     make_2d("fed/b", n=10)
-    together = {s.name: s for s in load_sites(tmp_path / "fed", image_size=16)}
-    alone = load_sites(tmp_path / "fed" / "b", image_size=16)[0]
-    ids = lambda ds: [ds[i]["id"] for i in range(len(ds))]  # noqa: E731
-    assert ids(alone.val) == ids(together["b"].val) and ids(alone.train) == ids(together["b"].train)
+    keep = tmp_path / "state"
+    together = {s.name: s for s in load_sites(tmp_path / "fed", image_size=16, split_dir=keep)}
+    alone = load_sites(tmp_path / "fed" / "b", image_size=16, split_dir=keep)[0]
+    for side in ("train", "val", "test"):
+        assert getattr(alone, side).case_ids() == getattr(together["b"], side).case_ids()
+
+
+def test_a_new_format_is_one_registry_entry(tmp_path, monkeypatch):
+    """Scan, check, split and load dispatch through the registry: a toy format needs nothing else."""
+    import torch
+
+    from fedmed.data import formats
+    from fedmed.data.classes import BINARY
+    from fedmed.data.types import Case, CaseDataset, DataFormat, DatasetIndex
+
+    class Toy(CaseDataset):
+        def __init__(self, cases, size):
+            self.cases, self.item_case, self.size = cases, list(range(len(cases))), size
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(3, self.size, self.size), "mask": torch.zeros(self.size, self.size,
+                    dtype=torch.int64), "site": "toy", "id": self.cases[i].name}
+
+    def scan(root, *, channel, progress):
+        return DatasetIndex(root=root, classes=BINARY, cases=[Case(name=n, patient="P" + n[0]) for n in
+                                                              json.loads((root / "toy.json").read_text())])
+
+    toy = DataFormat(name="toy", layout="toy.json", detect=lambda p: (p / "toy.json").is_file(), scan=scan,
+                     dataset=lambda index, cases, site, options: Toy(cases, options.image_size))
+    monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, toy))
+    root = tmp_path / "toysite"
+    root.mkdir()
+    (root / "toy.json").write_text(json.dumps(["a1", "a2", "b1", "c1", "d1"]))
+    assert check_dataset(root) == []
+    (site,) = load_sites(root, image_size=4)
+    assert site.name == "toysite" and site.num_classes == 2
+    assert sorted(site.train.case_ids() + site.val.case_ids() + site.test.case_ids()) == ["a1", "a2", "b1", "c1", "d1"]
+    assert site.train[0]["image"].shape == (3, 4, 4)
+    (tmp_path / "other").mkdir()
+    assert "or toy.json" in check_dataset(tmp_path)[0].problem  # the layout help lists every format

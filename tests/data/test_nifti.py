@@ -18,8 +18,8 @@ def test_slices_become_items_with_classes_from_dataset_json(make_nifti):
     root = make_nifti(n=3, depth=10, labels={"0": "background", "1": "liver"})
     (site,) = load_sites(root, image_size=32)
     assert site.name == "task" and site.num_classes == 2 and site.class_names == ["background", "liver"]
-    assert len(site.train) == 20 and len(site.val) == 10  # split by volume, never inside one
-    assert len({site.val[i]["id"].split(":")[0] for i in range(len(site.val))}) == 1
+    assert len(site.train) == len(site.val) == len(site.test) == 10  # split by volume, never inside one
+    assert len(set(site.val.case_ids())) == 1 and set(site.val.case_ids()) != set(site.test.case_ids())
     item = site.train[4]
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (32, 32) and item["mask"].dtype == torch.int64
