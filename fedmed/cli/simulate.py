@@ -111,6 +111,6 @@ def _centralized(plan, sites, run_dir: Path) -> dict:
     from fedmed.fl.site.runtime import load_site_data
 
     console.print(f"centralized baseline: {plan.rounds * plan.training.local_epochs} epochs on the union of the sites")
-    data = [load_site_data(s, image_size=plan.model.size, seed=plan.federation.seed) for s in sites]
+    data = [load_site_data(s, image_size=plan.model.size) for s in sites]
     result = centralized_baseline(plan, data, run_dir / "centralized")
     return RunDir(run_dir).add_to_metrics(centralized=result)

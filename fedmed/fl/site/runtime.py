@@ -22,18 +22,23 @@ class SiteSetupError(RuntimeError):
     """The site cannot do what it is asked with its own settings (data, checkpoint)."""
 
 
-def load_site_data(settings: SiteSettings, *, image_size: int, seed: int) -> SiteData:
-    """This site's data. A folder of several sites needs `partition`; each site is split on its own,
-    so a site's split is the same in a simulation over all sites and in a deployment of one."""
+def load_site_data(settings: SiteSettings, *, image_size: int) -> SiteData:
+    """This site's data, split into train / val / test by the site alone: a folder's split is its
+    dataset's own or the one kept in `<state_dir>/splits/` (drawn once from the CSPRNG), the
+    synthetic federation's is fixed by the site's `data_seed`. A folder of several sites needs
+    `partition`; each site is split on its own, so a simulation over all sites and a deployment of
+    one split a site alike."""
     if settings.data == "synthetic":
         options = {"samples_per_site": settings.samples_per_site} if settings.samples_per_site else {}
-        sites = load_sites("synthetic", image_size=image_size, seed=seed, num_sites=settings.num_sites, **options)
+        sites = load_sites("synthetic", image_size=image_size, data_seed=settings.data_seed,
+                           num_sites=settings.num_sites, **options)
         return sites[_partition(settings, len(sites))]
     path = Path(settings.data).expanduser()
     scan = scan_data(path)
     if not scan.problems and len(scan.sites) > 1:
         path = path / scan.sites[_partition(settings, len(scan.sites))].name
-    sites = load_sites(path, image_size=image_size, seed=seed)
+    split_dir = Path(settings.state_dir) / "splits" if settings.state_dir else None
+    sites = load_sites(path, image_size=image_size, split_dir=split_dir)
     if len(sites) != 1:  # pragma: no cover - load_sites of one dataset folder gives one site
         raise SiteSetupError(f"{path}: expected one site's dataset, found {len(sites)}")
     return sites[0]
@@ -53,15 +58,15 @@ class SiteRuntime:
     def __init__(self, settings: SiteSettings):
         self.settings = settings
         self.policy: Policy | None = load_policy(settings.policy) if settings.policy is not None else None
-        self._data: dict[tuple, SiteData] = {}
+        self._data: dict[int, SiteData] = {}
         self._models: dict[tuple, SamSegmenter] = {}
         self._checkpoint_ok: set[str] = set()
 
-    def data(self, spec: ModelSpec, seed: int) -> SiteData:
-        key = (spec.size, seed)
-        if key not in self._data:
-            self._data[key] = load_site_data(self.settings, image_size=key[0], seed=seed)
-        return self._data[key]
+    def data(self, spec: ModelSpec) -> SiteData:
+        """The site's data at the model's input size (built once per size)."""
+        if spec.size not in self._data:
+            self._data[spec.size] = load_site_data(self.settings, image_size=spec.size)
+        return self._data[spec.size]
 
     def model(self, spec: ModelSpec, *, num_classes: int, seed: int) -> SamSegmenter:
         key = (spec.model_dump_json(), num_classes, seed)

@@ -55,8 +55,8 @@ class SiteSession:
     def prepare(self, instructions: Instructions, *, own_classes: bool = False) -> None:
         """Take the message's instructions and build this round's data, model and layout."""
         self.instructions, self.round = instructions, instructions.round
-        seed = instructions.federation.seed
-        self.data = self.runtime.data(instructions.model, seed)
+        seed = instructions.federation.seed  # random initialisation: every party builds the same model
+        self.data = self.runtime.data(instructions.model)
         num_classes = self.data.num_classes if own_classes else instructions.num_classes
         self.model = self.runtime.model(instructions.model, num_classes=num_classes, seed=seed)
         self.layout = Layout.of(trainable_state(self.model))

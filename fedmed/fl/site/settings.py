@@ -4,7 +4,9 @@
 `--node-config`, or the simulation's list of sites): the data folder, its own copy of a SAM
 checkpoint, its policy, its device, its identity key and roster, its state and audit folders, and
 the server as it sees its own connection (address dialled, TLS, certificate presented) — which is
-what its policy's server allowlist is checked against (`own_server`).
+what its policy's server allowlist is checked against (`own_server`). Which of its cases train,
+validate and test is the site's too: the split is drawn once and kept in its state directory
+(`<state_dir>/splits/`), never derived from anything the server sends.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class SiteSettings:
     partition: int | None = None
     num_sites: int = 3  # sites of the synthetic federation
     samples_per_site: int | None = None  # synthetic pictures a site (default: the generator's)
+    data_seed: int = 0  # the synthetic generator's seed: the site's own, never the server's
     checkpoint: str | None = None
     policy: str | None = None  # a built-in policy name or a TOML file; None: no policy (unit tests of the loop)
     device: str = "auto"
