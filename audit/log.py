@@ -12,6 +12,7 @@ Reopening a log verifies it first, continues its chain, and refuses one that doe
 (a log this process closed and nobody changed since is not verified again: `audit.known_state`).
 A run that a crash left open is closed by a `recovery` entry; a torn last line is refused
 unless `recover=True`, which moves the torn bytes to `<log>.torn-<offset>` and records them.
+`head()` is the log's signed head (`audit.heads`), which the other party witnesses with `witness()`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from audit.errors import (
     LogStateError,
     TornTailError,
 )
+from audit.heads import LogHead
 from audit.keys import PartyKey, load_public_key, public_raw
 from audit.known_state import identity, read_all, recall, remember
 from audit.verify import verify
@@ -243,12 +245,17 @@ class AuditLog:
 
     def run_start(self, *, config: Mapping[str, Any] | None = None, role: str | None = None,
                   software: str | None = None, policy: str | None = None,
-                  epsilon_budget: float | None = None, delta_budget: float | None = None) -> Entry:
-        """Begin a run; the entry also records this party's public key and its fingerprint."""
+                  epsilon_budget: float | None = None, delta_budget: float | None = None,
+                  study: str | None = None, run_id: str | None = None, key_binding: Body | None = None) -> Entry:
+        """Begin a run; the entry also records this party's public key and its fingerprint.
+
+        `study` and `run_id` name the study and the federation run; `key_binding` is the party's
+        identity-signed statement of its audit key (`audit.anchors.bind_audit_key`)."""
         self._rounds = 0
         return self.append("run_start", dict(
             config=dict(config or {}), role=role, software=software, policy=policy,
-            epsilon_budget=epsilon_budget, delta_budget=delta_budget))
+            epsilon_budget=epsilon_budget, delta_budget=delta_budget, study=study, run_id=run_id,
+            key_binding=key_binding))
 
     def run_end(self, *, status: str = "completed", rounds_completed: int | None = None,
                 message: str | None = None) -> Entry:
@@ -286,9 +293,26 @@ class AuditLog:
                                  for n, d in items])
 
     def privacy_budget(self, *, round: int, epsilon_round: float, epsilon_total: float, delta: float,
-                       accountant: str) -> Entry:
+                       accountant: str, study: str | None = None, dataset: str | None = None,
+                       charge: str | None = None) -> Entry:
         return self.append("privacy_budget", dict(round=round, epsilon_round=epsilon_round,
-                                                  epsilon_total=epsilon_total, delta=delta, accountant=accountant))
+                                                  epsilon_total=epsilon_total, delta=delta, accountant=accountant,
+                                                  study=study, dataset=dataset, charge=charge))
+
+    def witness(self, head: LogHead, *, round: int | None = None) -> Entry:
+        """Record another party's head (checked with `audit.heads.check_head` first)."""
+        return self.append("witness", head.witness_body(round=round))
+
+    def head(self) -> LogHead:
+        """This log's signed head: its size and last hash now. The reply that follows carries it."""
+        with self._lock:
+            if self._broken:
+                raise LogStateError(f"{self.path}: an earlier write failed ({self._broken}); no head to show")
+            if self.seq == 0:
+                raise LogStateError(f"{self.path}: an empty log has no head")
+            fields = dict(party=self.party, log_id=self.log_id, size=self.seq, hash=self.last_hash,
+                          key_fingerprint=self.key.fingerprint)
+            return LogHead(**fields, sig=self.key.sign(LogHead.signed_bytes(**fields)).hex())
 
     def policy_decision(self, *, accepted: bool, round: int | None = None, violations: Iterable[str] = (),
                         stage: str | None = None, policy: str | None = None,
