@@ -6,7 +6,7 @@ A line of a log is the canonical JSON (sorted keys, compact separators, ASCII) o
 
 Schema version 2 adds the kinds `witness` (another party's signed log head) and `privacy_cap` (a
 site changed its ε cap), and optional body fields (a run's `study`, `run_id` and `key_binding`; a
-privacy charge's `study`, `dataset` and `charge`). An optional field that is not set is left out
+privacy charge's `study`, `dataset`, `charge` and `epsilon_cap`). An optional field that is not set is left out
 of the line, so every version-1 line is still in normal form and old logs verify unchanged.
 
 `hash` of an entry = SHA-256 of the canonical JSON of the envelope without `sig`;
@@ -159,9 +159,10 @@ class TensorRecord(_Body):
 
 class PrivacyBudget(_Body):
     """ε charged for a round. `dataset` is the fingerprint of the data charged (the ledger's key),
-    `charge` the ledger's id of this charge, `study` the study it was spent on."""
+    `charge` the ledger's id of this charge, `study` the study it was spent on, `epsilon_cap` the
+    cap the ledger kept when it charged (so a cap raised later in the ledger file alone shows)."""
 
-    omit_if_none = frozenset({"study", "dataset", "charge"})
+    omit_if_none = frozenset({"study", "dataset", "charge", "epsilon_cap"})
 
     round: int = Round
     epsilon_round: float = Field(ge=0)
@@ -171,6 +172,7 @@ class PrivacyBudget(_Body):
     study: str | None = Field(default=None, pattern=LABEL)
     dataset: str | None = Field(default=None, pattern=HEX64)
     charge: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    epsilon_cap: float | None = Field(default=None, ge=0)
 
 
 class PrivacyCap(_Body):

@@ -18,9 +18,9 @@ unless `recover=True`, which moves the torn bytes to `<log>.torn-<offset>` and r
 from __future__ import annotations
 
 import hashlib
-import operator
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,6 +51,7 @@ from audit.errors import (
 from audit.heads import LogHead
 from audit.keys import PartyKey, load_public_key, public_raw
 from audit.known_state import identity, read_all, recall, remember
+from audit.tensors import Normal, tensor_body, tensor_digest
 from audit.verify import verify
 
 try:
@@ -64,45 +65,6 @@ _TENSOR_KINDS = ("tensor_sent", "tensor_received")
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"  # ...T12:00:00.000000Z
-
-
-def tensor_digest(data: Any) -> tuple[int, str]:
-    """(nbytes, SHA-256 hex) of a bytes-like object (bytes, memoryview, a C-contiguous numpy array)."""
-    try:
-        view = memoryview(data).cast("B")
-    except TypeError as e:
-        raise InvalidEntryError(
-            f"tensor data must be C-contiguous bytes-like (the exact bytes sent): {e}"
-        ) from None
-    return view.nbytes, hashlib.sha256(view).hexdigest()
-
-
-class _Normal(dict):
-    """A body already checked and in normal form (the tensor fast path skips pydantic)."""
-
-
-def tensor_body(*, round: int, peer: str, name: str, data: Any, masked: bool,
-                shape: Iterable[int] | None = None, dtype: str | None = None) -> dict[str, Any]:
-    """Body of a tensor_sent/tensor_received entry for `data`, the exact bytes on the wire.
-
-    `shape` and `dtype` default to `data.shape`/`data.dtype` (numpy arrays), else to the bytes."""
-    nbytes, digest = tensor_digest(data)
-    try:
-        round = operator.index(round)
-        shape = [operator.index(d) for d in (getattr(data, "shape", (nbytes,)) if shape is None else shape)]
-    except TypeError as e:
-        raise InvalidEntryError(f"tensor {name!r}: round and shape must be integers ({e})") from None
-    if dtype is None:
-        dtype = str(getattr(data, "dtype", "uint8"))
-    problems = [what for what, bad in (
-        ("round must be >= 0", round < 0), ("dimensions must be >= 0", any(d < 0 for d in shape)),
-        ("peer must be a string", not isinstance(peer, str)), ("name must be a string", not isinstance(name, str)),
-        ("masked must be a bool", not isinstance(masked, bool)), ("dtype must be a string", not isinstance(dtype, str)),
-    ) if bad]
-    if problems:
-        raise InvalidEntryError(f"tensor {name!r}: " + "; ".join(problems))
-    return _Normal(round=round, peer=peer, name=name, shape=shape, dtype=dtype, nbytes=nbytes,
-                   sha256=digest, masked=masked)
 
 
 class AuditLog:
@@ -207,7 +169,7 @@ class AuditLog:
                 if kind == "run_start":  # always declare the key this log is signed with
                     body = body.model_dump() if isinstance(body, BaseModel) else dict(body)
                     body.update(public_key=self.key.public_bytes.hex(), key_fingerprint=self.key.fingerprint)
-                norm = body if type(body) is _Normal and kind in _TENSOR_KINDS else normalize_body(kind, body)
+                norm = body if type(body) is Normal and kind in _TENSOR_KINDS else normalize_body(kind, body)
                 run_open, problem = run_transition(kind, run_open, first=seq == 0)
                 if problem:
                     raise LogStateError(f"{self.path}: {problem}")
@@ -294,10 +256,10 @@ class AuditLog:
 
     def privacy_budget(self, *, round: int, epsilon_round: float, epsilon_total: float, delta: float,
                        accountant: str, study: str | None = None, dataset: str | None = None,
-                       charge: str | None = None) -> Entry:
+                       charge: str | None = None, epsilon_cap: float | None = None) -> Entry:
         return self.append("privacy_budget", dict(round=round, epsilon_round=epsilon_round,
                                                   epsilon_total=epsilon_total, delta=delta, accountant=accountant,
-                                                  study=study, dataset=dataset, charge=charge))
+                                                  study=study, dataset=dataset, charge=charge, epsilon_cap=epsilon_cap))
 
     def witness(self, head: LogHead, *, round: int | None = None) -> Entry:
         """Record another party's head (checked with `audit.heads.check_head` first)."""
@@ -385,13 +347,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def open_party_log(log_dir: str | os.PathLike, party: str, *, key_path: str | os.PathLike | None = None,
-                   recover: bool = False) -> AuditLog:
+                   recover: bool = False, wait_s: float = 0.0) -> AuditLog:
     """Open `log_dir/<party>.jsonl` for appending, with the party's key made on first use.
 
     The private key goes to `key_path` (default `log_dir/<party>.key`, mode 0600: fine for a
     simulation; in a deployment keep it away from the published log, e.g. under the site's
     secrets directory). The public key is written to `log_dir/<party>.pub`, where
-    `fedmed audit verify` looks for it."""
+    `fedmed audit verify` looks for it. While another writer holds the log, wait up to `wait_s`
+    seconds for it (then LogLockedError)."""
     if not is_valid_party(party):
         raise InvalidPartyError(f"party {party!r}: use letters, digits, '.', '_', '-' (at most 64)")
     log_dir = Path(log_dir)
@@ -402,7 +365,14 @@ def open_party_log(log_dir: str | os.PathLike, party: str, *, key_path: str | os
             raise KeyMismatchError(f"{pub} is not the public half of {key.path}")
     else:
         key.export_public(pub)
-    return AuditLog.open(log_dir / f"{party}.jsonl", key, party=party, recover=recover)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return AuditLog.open(log_dir / f"{party}.jsonl", key, party=party, recover=recover)
+        except LogLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 __all__ = ["AuditLog", "open_party_log", "tensor_body", "tensor_digest"]

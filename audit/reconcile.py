@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from audit.anchors import AuditRoster
 from audit.completeness import Completeness, prove_complete, witnesses_of
 from audit.entries import Entry
+from audit.errors import AuditError
 from audit.keys import PublicKeyLike
 from audit.verify import VerifyReport, verify
 
@@ -136,6 +137,10 @@ def reconcile(site_log: str | os.PathLike, server_log: str | os.PathLike, *,
     site, server = site_rep.party, server_rep.party
     a, b = _tag(site_rep.verified), _tag(server_rep.verified)
     if study is not None:
+        if not any(t.study == study for t in b):
+            studies = sorted({str(t.study) for t in b if t.entry.kind == "run_start"})
+            raise AuditError(f"{server_log}: the server's log holds no run of study {study!r} "
+                             f"(its studies: {', '.join(studies) or 'none'})")
         a, b = [t for t in a if t.study == study], [t for t in b if t.study == study]
     server_runs = {t.run_id for t in b if t.entry.kind == "run_start"}
     site_runs = {t.run_id for t in a if t.entry.kind == "run_start"}
