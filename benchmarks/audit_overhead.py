@@ -14,6 +14,13 @@ measured directly (wall and process CPU) and compared with the round:
 - `entries_per_round`: entries of all parties a round; `bytes_hashed_per_round`: tensor bytes hashed
 - with `--ab`: the same run again without any audit log (the server loop alone), interleaved by
   round count, and `ab_round_s` medians of both, a check of the direct measurement
+- `witnessing`: what head witnessing (`audit.heads`, issue 12) adds to a round, measured on the run's
+  own logs, reopened: per site and round, the site signs its head after its message's entries, the
+  head goes to the server as text, the server checks it (Ed25519) and writes a `witness` entry into
+  its batch; the server signs its head for the next message, the site checks it and writes a
+  `witness` entry into its batch. The entries ride in batches that are fsynced anyway, so an entry's
+  cost is taken in a batch of 64 (`witness_entry_s`), without an fsync of its own.
+  `witness_overhead_pct` = 100 * witness_s_per_round / round_s (the median round, audit included).
 
 `--strict`: the default platform round (secure aggregation and DP-SGD, noise multiplier 1.0)
 instead of plain FedAvg without DP, which is the shortest round and so the worst case for the ratio.
@@ -34,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
+from audit import LogHead, check_head, open_party_log  # noqa: E402
 from fedmed.fl import server_audit, site_hooks  # noqa: E402
 from fedmed.fl.client_app import make_client_app  # noqa: E402
 from fedmed.fl.enrolment import secure_simulation  # noqa: E402
@@ -99,7 +107,43 @@ def audited_run(rounds: int, samples: int, strict: bool) -> dict:
     lines = sum(len(p.read_text().splitlines()) for p in (out / "audit").glob("*.jsonl"))
     hashed = sum(json.loads(line)["body"].get("nbytes", 0) for p in (out / "audit").glob("*.jsonl")
                  for line in p.read_text().splitlines())
-    return {"rounds": per_round, "entries_per_round": lines / rounds, "bytes_hashed_per_round": hashed / rounds}
+    return {"rounds": per_round, "entries_per_round": lines / rounds, "bytes_hashed_per_round": hashed / rounds,
+            "witnessing": witnessing(out, sites)}
+
+
+def _median_s(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def witnessing(out: Path, sites: list[SiteSettings], repeats: int = 200) -> dict:
+    """Per round: each site's head to the server and the server's head to each site (see the module doc)."""
+    site_dir = Path(sites[0].audit_dir)
+    party = sorted(p.stem for p in site_dir.glob("*.jsonl") if p.stem != "server")[0]
+    site_key = Path(sites[0].state_dir) / party / "audit.key"
+    server = open_party_log(out / "audit", "server", key_path=out / "state" / "server" / "audit.key")
+    site = open_party_log(site_dir, party, key_path=site_key if site_key.exists() else None)
+    for log in (server, site):
+        log.run_start(role="benchmark")
+    try:
+        head_s = _median_s(site.head, repeats)  # either side signs its head alike
+        wire = site.head().to_wire()
+        received = LogHead.from_wire(wire)
+        check_s = _median_s(lambda: check_head(LogHead.from_wire(wire), public_key=site.key.public_key,
+                                               party=party), repeats)
+        batch = [("witness", received.witness_body(round=1))] * 64
+        entry_s = _median_s(lambda: server.append_many(batch), 15) / len(batch)
+    finally:
+        for log in (server, site):
+            log.run_end(status="aborted", message="benchmark entries")
+            log.close()
+    per_message = 2 * (head_s + check_s + entry_s)  # site -> server and server -> site
+    return {"head_sign_s": head_s, "head_check_s": check_s, "witness_entry_s": entry_s,
+            "head_wire_bytes": len(wire), "witness_s_per_round": per_message * len(sites), "sites": len(sites)}
 
 
 def plain_run(rounds: int, samples: int) -> list[float]:
@@ -135,6 +179,9 @@ def main() -> None:
         "overhead_cpu_pct": round(100 * med["audit_cpu_s"] / (med["round_cpu_s"] - med["audit_cpu_s"]), 3),
         "entries_per_round": result["entries_per_round"],
         "bytes_hashed_per_round": result["bytes_hashed_per_round"],
+        "witnessing": {**{k: round(v, 7) if isinstance(v, float) else v for k, v in result["witnessing"].items()},
+                       "witness_overhead_pct": round(100 * result["witnessing"]["witness_s_per_round"]
+                                                     / med["round_s"], 4)},
         "per_round": result["rounds"],
     }
     if ab is not None:
