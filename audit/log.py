@@ -100,7 +100,7 @@ class AuditLog:
                 except BlockingIOError:
                     raise LogLockedError(f"{path}: another writer has this log open") from None
             if created:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             if os.fstat(fd).st_size == 0:
                 return cls(path, key, party, fd, log_id=os.urandom(16).hex(), seq=0,
                            prev_hash=GENESIS_HASH, run_open=False)
@@ -333,7 +333,8 @@ def _set_aside(path: Path, fd: int, offset: int) -> dict[str, Any]:
     return dict(torn_bytes=len(torn), torn_sha256=hashlib.sha256(torn).hexdigest(), torn_saved_to=aside.name)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so that a file created or renamed in it survives a power cut."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # pragma: no cover
@@ -375,4 +376,4 @@ def open_party_log(log_dir: str | os.PathLike, party: str, *, key_path: str | os
             time.sleep(0.05)
 
 
-__all__ = ["AuditLog", "open_party_log", "tensor_body", "tensor_digest"]
+__all__ = ["AuditLog", "fsync_dir", "open_party_log", "tensor_body", "tensor_digest"]

@@ -21,6 +21,7 @@ from typing import Literal
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
 
+from audit.log import fsync_dir
 from fedmed.io import write_json
 
 LEDGER_FILE = "privacy_ledger.json"
@@ -110,18 +111,8 @@ def update_record(path: Path, change: Callable[[LedgerRecord | None], LedgerReco
             record = change(read_record(path))
             record.format = LEDGER_FORMAT
             write_json(path, record.model_dump())
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)  # a ledger that reverts after a power cut would under-count
             return record
     except Timeout:
         raise LedgerError(f"{path}: another process has held the ledger's lock for {LOCK_TIMEOUT_S:g} s") from None
 
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable: a ledger that reverts after a power cut would under-count."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse
-        pass
-    finally:
-        os.close(fd)
