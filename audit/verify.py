@@ -31,7 +31,7 @@ from audit.entries import (
     parse_body,
     run_transition,
 )
-from audit.errors import AuditError, InvalidEntryError
+from audit.errors import AuditError, InvalidEntryError, KeyFileError
 from audit.keys import PublicKeyLike, fingerprint, load_public_key, public_raw
 
 TrustAnchor = Literal["explicit", "roster", "sidecar", "embedded", "none"]
@@ -154,8 +154,8 @@ def _resolve_anchor(path: Path, data: bytes, public_key: PublicKeyLike | None, r
         try:
             pk, source = anchor_key(roster, party=first["party"], public_key=str(body.get("public_key")),
                                     binding=body.get("key_binding"))
-        except (ValidationError, ValueError) as e:
-            raise UntrustedKeyError(f"the log's key statement is malformed ({e})") from None
+        except (ValidationError, ValueError, KeyFileError) as e:
+            raise UntrustedKeyError(f"the log's key or key statement is malformed ({e})") from None
         return pk, "roster", source
     sidecar = path.with_suffix(".pub")
     if sidecar.exists():
@@ -180,7 +180,7 @@ def verify(path: str | os.PathLike, public_key: PublicKeyLike | None = None, *, 
     except UntrustedKeyError as e:
         bad = BadEntry(line=1, offset=0, expected_seq=0, code="untrusted_key", reason=f"roster: {e}")
         return VerifyReport(path=str(path), ok=False, intact=False, closed=False, allow_open=allow_open, entries=0,
-                            trust_anchor="roster", trust_anchor_source="not anchored", first_bad=bad)
+                            trust_anchor="none", trust_anchor_source="roster: not anchored", first_bad=bad)
     rep: dict[str, Any] = dict(path=str(path), allow_open=allow_open, trust_anchor=anchor, trust_anchor_source=source)
     if pk is not None:
         rep["key_fingerprint"] = fingerprint(pk)

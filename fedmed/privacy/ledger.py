@@ -24,10 +24,11 @@ the whole history. A site's message goes:
   is therefore not a fresh start. Rebuilding from the log is not offered: the same data may be
   charged through several parties' logs (two clients on one dataset), so one log is not the whole
   history, and a rebuild would under-count; the fix is to restore the ledger's backup.
-- **The cap is the site's**: it is fixed when the ledger is created (the first policy's cap) and
-  changed only by `set_cap`, which `fedmed privacy cap` calls after writing a `privacy_cap` audit
+- **The cap is the site's**: it is set when the ledger is created (the first policy's cap) and
+  raised only by `set_cap`, which `fedmed privacy cap` calls after writing a `privacy_cap` audit
   entry (`fedmed.privacy.ledger_admin`). A policy passed to `open` can only lower the cap in force
-  (`min`), never raise it: switching policies never lifts a cap silently.
+  (`min`), and a round charged under a lower policy cap lowers the ledger's for good (its charge in
+  the audit log carries the cap): switching policies never lifts a cap silently.
 
 A crash after training and before `record_round` loses no privacy (nothing left the site); one after
 `record_round` and before sending over-counts, which is safe. The mode, delta and accountant are
@@ -113,10 +114,12 @@ def _finite(cap: float | None) -> float | None:
 class PrivacyLedger:
     """One dataset's privacy history and cap, persisted in `state_dir`. Use `PrivacyLedger.open`."""
 
-    def __init__(self, path: Path, record: LedgerRecord, policy_cap: float | None = None) -> None:
+    def __init__(self, path: Path, record: LedgerRecord, policy_cap: float | None = None,
+                 audit: tuple[str, str | None] | None = None) -> None:
         self.path = path
         self._record = record
         self._policy_cap = policy_cap
+        self._audit = audit  # (audit log, its key) to keep in the file at the next write
 
     @classmethod
     def open(
@@ -149,10 +152,12 @@ class PrivacyLedger:
             except ValueError as error:
                 raise LedgerError(f"{path}: {error}") from None
         _check_settings(path, record, mode=mode, delta=delta, accountant=accountant)
+        audit = None
         if audit_log is not None:
-            record.audit_log = str(Path(audit_log).resolve())
-            record.audit_key = str(Path(audit_key).resolve()) if audit_key is not None else record.audit_key
-        ledger = cls(path, record, _finite(epsilon_budget))
+            key = str(Path(audit_key).resolve()) if audit_key is not None else record.audit_key
+            audit = (str(Path(audit_log).resolve()), key)
+            record.audit_log, record.audit_key = audit
+        ledger = cls(path, record, _finite(epsilon_budget), audit)
         if audit_log is not None:
             ledger.reconcile(audit_log)
         return ledger
@@ -264,6 +269,11 @@ class PrivacyLedger:
             record = self._merge(record)
             charge.epsilon_total = self._check(record, noise_multiplier, sample_rate, steps)
             record.rounds.append(charge)
+            policy = self._policy_cap
+            if policy is not None and (record.epsilon_budget is None or policy < record.epsilon_budget):
+                record.caps.append(CapChange(at=charge.recorded_at, epsilon_before=record.epsilon_budget,
+                                             epsilon_after=policy, reason="a round was charged under a lower policy cap"))
+                record.epsilon_budget = policy
             return record
 
         self._record = update_record(self.path, add)
@@ -295,8 +305,8 @@ class PrivacyLedger:
         if on_disk is None:
             return self._record.model_copy(deep=True)
         _check_settings(self.path, on_disk, mode=self.mode, delta=self.delta, accountant=self.accountant)
-        if self._record.audit_log is not None:
-            on_disk.audit_log, on_disk.audit_key = self._record.audit_log, self._record.audit_key
+        if self._audit is not None:
+            on_disk.audit_log, on_disk.audit_key = self._audit
         return on_disk
 
     # ------------------------------------------------------------------ the audit log

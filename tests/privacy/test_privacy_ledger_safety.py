@@ -178,3 +178,16 @@ def test_a_cap_raised_in_the_file_is_refused_and_one_raised_by_the_command_holds
     assert open_ledger(site, epsilon_budget=5.0).epsilon_budget == 5.0  # a stricter policy still holds it lower
     charge(site, 6, policy_cap=None)
     assert open_ledger(site).epsilon_spent > spent
+
+
+def test_a_round_charged_under_a_stricter_policy_lowers_the_cap_for_good(tmp_path: Path) -> None:
+    """Created under a policy capping at 8; a round under one capping at 5; then no cap at all."""
+    fp = description_fingerprint({"dataset": "x"})
+    PrivacyLedger.open(tmp_path, **SITE, dataset=fp, epsilon_budget=8.0)  # nothing charged: nothing stored
+    assert PrivacyLedger.open(tmp_path, **SITE, dataset=fp, epsilon_budget=5.0).epsilon_budget == 5.0
+    PrivacyLedger.open(tmp_path, **SITE, dataset=fp, epsilon_budget=8.0).record_round(**ROUND)
+    strict = PrivacyLedger.open(tmp_path, **SITE, dataset=fp, epsilon_budget=5.0)
+    assert strict.record_round(**ROUND).ledger_cap == 5.0
+    for policy in (None, 8.0):
+        assert PrivacyLedger.open(tmp_path, mode="sample", dataset=fp, epsilon_budget=policy).epsilon_budget == 5.0
+    assert [c.reason for c in strict.record.caps] == ["a round was charged under a lower policy cap"]
