@@ -31,7 +31,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 LogArg = Annotated[Path, typer.Argument(help="A party's log (PARTY.jsonl).", show_default=False)]
 PubKey = Annotated[str | None, typer.Option("--pubkey", help="Trusted public key: a PEM file or 64 hex digits. "
-                                            "Default: <log stem>.pub beside the log, else the key the log declares.")]
+                                            "Default: the key --roster anchors, else <log stem>.pub beside the log "
+                                            "(accepted only with --trust-sidecar).")]
 AllowOpen = Annotated[bool, typer.Option("--allow-open", help="Accept a log without a final run_end (still running or crashed).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 RosterOpt = Annotated[Path | None, typer.Option("--roster", help="The enrolment roster: anchors each party's audit key "
