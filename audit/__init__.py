@@ -2,9 +2,14 @@
 
 Pure: no torch, no flwr. Write with `open_party_log`/`AuditLog`, check with `verify`,
 summarise with `summarize`/`write_html`, compare a site's and the server's logs with `reconcile`.
+A log's signed head (`AuditLog.head`, `LogHead`) is witnessed by the other party
+(`AuditLog.witness`), which proves the log complete up to it (`prove_complete`); keys are
+anchored in the enrolment roster (`AuditRoster`, `bind_audit_key`, `verify(roster=...)`).
 """
 
-from audit.entries import BODY_MODELS, GENESIS_HASH, Entry, canonical_json
+from audit.anchors import AuditRoster, RosterError, UntrustedKeyError, anchor_key, bind_audit_key
+from audit.completeness import Completeness, Gap, prove_complete, witnesses_of
+from audit.entries import BODY_MODELS, GENESIS_HASH, Entry, KeyBinding, canonical_json
 from audit.errors import (
     AuditError,
     AuditWriteError,
@@ -17,6 +22,7 @@ from audit.errors import (
     LogStateError,
     TornTailError,
 )
+from audit.heads import HeadError, LogHead, check_head
 from audit.html import render_html, write_html
 from audit.keys import PartyKey, fingerprint, load_public_key
 from audit.log import AuditLog, open_party_log, tensor_body, tensor_digest
@@ -25,7 +31,9 @@ from audit.report import AuditSummary, summarize
 from audit.verify import BadEntry, TornTail, VerifyReport, verify
 
 __all__ = [
-    "BODY_MODELS", "GENESIS_HASH", "Entry", "canonical_json",
+    "AuditRoster", "RosterError", "UntrustedKeyError", "anchor_key", "bind_audit_key",
+    "Completeness", "Gap", "prove_complete", "witnesses_of", "HeadError", "LogHead", "check_head",
+    "BODY_MODELS", "GENESIS_HASH", "Entry", "KeyBinding", "canonical_json",
     "AuditError", "AuditWriteError", "InvalidEntryError", "InvalidPartyError", "KeyFileError",
     "KeyMismatchError", "LogCorruptError", "LogLockedError", "LogStateError", "TornTailError",
     "PartyKey", "fingerprint", "load_public_key",

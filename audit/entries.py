@@ -4,6 +4,11 @@ A line of a log is the canonical JSON (sorted keys, compact separators, ASCII) o
 
     {v, log_id, seq, time, party, kind, body, prev_hash, sig}
 
+Schema version 2 adds the kinds `witness` (another party's signed log head) and `privacy_cap` (a
+site changed its ε cap), and optional body fields (a run's `study`, `run_id` and `key_binding`; a
+privacy charge's `study`, `dataset`, `charge` and `epsilon_cap`). An optional field that is not set is left out
+of the line, so every version-1 line is still in normal form and old logs verify unchanged.
+
 `hash` of an entry = SHA-256 of the canonical JSON of the envelope without `sig`;
 `sig` = Ed25519 over `SIG_DOMAIN + hash`; the next entry's `prev_hash` is this hash,
 and the first entry's is `GENESIS_HASH`. Every entry names its log's random `log_id`,
@@ -17,7 +22,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -31,11 +36,13 @@ from pydantic import (
 
 from audit.errors import InvalidEntryError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 GENESIS_HASH = "0" * 64
 SIG_DOMAIN = b"fedmed-audit-v1:"
 
 HEX64 = r"^[0-9a-f]{64}$"
+HEX128 = r"^[0-9a-f]{128}$"
+LABEL = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"  # a study id or a federation run id
 _TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$"
 _PARTY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -63,6 +70,9 @@ def is_valid_party(party: str) -> bool:
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Fields added in schema version 2: written only when set, so version-1 bodies stay normal.
+    omit_if_none: ClassVar[frozenset[str]] = frozenset()
+
     @field_validator("*")
     @classmethod
     def _finite(cls, v: Any) -> Any:
@@ -70,13 +80,37 @@ class _Body(BaseModel):
             raise ValueError("must be a finite number")
         return v
 
+    def normal(self) -> dict[str, Any]:
+        """The body's one JSON form: every field, but a version-2 field only when set."""
+        data = self.model_dump(mode="json")
+        for name in self.omit_if_none:
+            if data[name] is None:
+                del data[name]
+        return data
+
 
 Round = Field(ge=0)
 OptRound = Field(default=None, ge=0)
 
 
+class KeyBinding(_Body):
+    """A party's statement, signed with its enrolment identity key, that `audit_public_key` is its
+    audit key (`audit.anchors.bind_audit_key`); an auditor holding the roster checks it."""
+
+    label: str = Field(min_length=1, max_length=128)  # the party's label in the roster
+    party: str = Field(pattern=_PARTY.pattern)  # the audit party whose logs the key signs
+    audit_public_key: str = Field(pattern=HEX64)
+    signature: str = Field(pattern=HEX128)
+
+
 class RunStart(_Body):
-    """A run begins. `public_key` (raw Ed25519, hex) is what this log's entries verify under."""
+    """A run begins. `public_key` (raw Ed25519, hex) is what this log's entries verify under.
+
+    `study` names the study (from the federation config) the run belongs to; `run_id` the
+    federation run (the server's id for it, the same in the server's and every site's log), so
+    that reconcile pairs entries by run and study."""
+
+    omit_if_none = frozenset({"study", "run_id", "key_binding"})
 
     public_key: str = Field(pattern=HEX64)
     key_fingerprint: str = Field(pattern=HEX64)
@@ -86,6 +120,9 @@ class RunStart(_Body):
     epsilon_budget: float | None = Field(default=None, ge=0)
     delta_budget: float | None = Field(default=None, ge=0, le=1)
     config: dict[str, JsonValue] = Field(default_factory=dict)
+    study: str | None = Field(default=None, pattern=LABEL)
+    run_id: str | None = Field(default=None, pattern=LABEL)
+    key_binding: KeyBinding | None = None
 
 
 class RunEnd(_Body):
@@ -121,11 +158,44 @@ class TensorRecord(_Body):
 
 
 class PrivacyBudget(_Body):
+    """ε charged for a round. `dataset` is the fingerprint of the data charged (the ledger's key),
+    `charge` the ledger's id of this charge, `study` the study it was spent on, `epsilon_cap` the
+    cap the ledger kept when it charged (so a cap raised later in the ledger file alone shows)."""
+
+    omit_if_none = frozenset({"study", "dataset", "charge", "epsilon_cap"})
+
     round: int = Round
     epsilon_round: float = Field(ge=0)
     epsilon_total: float = Field(ge=0)
     delta: float = Field(ge=0, le=1)
     accountant: str
+    study: str | None = Field(default=None, pattern=LABEL)
+    dataset: str | None = Field(default=None, pattern=HEX64)
+    charge: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    epsilon_cap: float | None = Field(default=None, ge=0)
+
+
+class PrivacyCap(_Body):
+    """A site changed the ε cap of a dataset's ledger (`fedmed privacy cap`); None: no cap."""
+
+    dataset: str | None = Field(default=None, pattern=HEX64)
+    epsilon_before: float | None = Field(ge=0)
+    epsilon_after: float = Field(ge=0)
+    reason: str
+    ledger: str | None = None  # the ledger file
+
+
+class Witness(_Body):
+    """Another party's log head, as received and checked by this party: `party`'s log `log_id`
+    had `size` entries, the last with hash `hash`, signed `sig` by the key `key_fingerprint`."""
+
+    party: str = Field(pattern=_PARTY.pattern)
+    log_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    size: int = Field(ge=1)
+    hash: str = Field(pattern=HEX64)
+    key_fingerprint: str = Field(pattern=HEX64)
+    sig: str = Field(pattern=HEX128)
+    round: int | None = OptRound
 
 
 class PolicyDecision(_Body):
@@ -173,10 +243,12 @@ BODY_MODELS: dict[str, type[_Body]] = {
     "refusal": Refusal,
     "error": Error,
     "recovery": Recovery,
+    "witness": Witness,
+    "privacy_cap": PrivacyCap,
 }
 Kind = Literal[
     "run_start", "run_end", "round_start", "tensor_sent", "tensor_received",
-    "privacy_budget", "policy_decision", "refusal", "error", "recovery",
+    "privacy_budget", "policy_decision", "refusal", "error", "recovery", "witness", "privacy_cap",
 ]
 
 
@@ -197,7 +269,7 @@ def normalize_body(kind: str, body: BaseModel | Mapping[str, Any]) -> dict[str, 
         typed = body if isinstance(body, model) else model.model_validate(dict(body))
     except ValidationError as e:
         raise InvalidEntryError(f"{kind}: {_first_error(e)}") from None
-    return typed.model_dump(mode="json")
+    return typed.normal()
 
 
 def parse_body(kind: str, body: Mapping[str, Any]) -> _Body:
@@ -209,7 +281,7 @@ def parse_body(kind: str, body: Mapping[str, Any]) -> _Body:
         typed = model.model_validate(body)
     except ValidationError as e:
         raise InvalidEntryError(f"{kind}: {_first_error(e)}") from None
-    if typed.model_dump(mode="json") != body:
+    if typed.normal() != body:
         raise InvalidEntryError(f"{kind}: body is not in normal form")
     return typed
 
@@ -238,7 +310,7 @@ class Entry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    v: Literal[1]
+    v: Literal[1, 2]
     log_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     seq: int = Field(ge=0)
     time: str = Field(pattern=_TIME)

@@ -12,14 +12,15 @@ Reopening a log verifies it first, continues its chain, and refuses one that doe
 (a log this process closed and nobody changed since is not verified again: `audit.known_state`).
 A run that a crash left open is closed by a `recovery` entry; a torn last line is refused
 unless `recover=True`, which moves the torn bytes to `<log>.torn-<offset>` and records them.
+`head()` is the log's signed head (`audit.heads`), which the other party witnesses with `witness()`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import operator
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,8 +48,10 @@ from audit.errors import (
     LogStateError,
     TornTailError,
 )
+from audit.heads import LogHead
 from audit.keys import PartyKey, load_public_key, public_raw
 from audit.known_state import identity, read_all, recall, remember
+from audit.tensors import Normal, tensor_body, tensor_digest
 from audit.verify import verify
 
 try:
@@ -62,45 +65,6 @@ _TENSOR_KINDS = ("tensor_sent", "tensor_received")
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"  # ...T12:00:00.000000Z
-
-
-def tensor_digest(data: Any) -> tuple[int, str]:
-    """(nbytes, SHA-256 hex) of a bytes-like object (bytes, memoryview, a C-contiguous numpy array)."""
-    try:
-        view = memoryview(data).cast("B")
-    except TypeError as e:
-        raise InvalidEntryError(
-            f"tensor data must be C-contiguous bytes-like (the exact bytes sent): {e}"
-        ) from None
-    return view.nbytes, hashlib.sha256(view).hexdigest()
-
-
-class _Normal(dict):
-    """A body already checked and in normal form (the tensor fast path skips pydantic)."""
-
-
-def tensor_body(*, round: int, peer: str, name: str, data: Any, masked: bool,
-                shape: Iterable[int] | None = None, dtype: str | None = None) -> dict[str, Any]:
-    """Body of a tensor_sent/tensor_received entry for `data`, the exact bytes on the wire.
-
-    `shape` and `dtype` default to `data.shape`/`data.dtype` (numpy arrays), else to the bytes."""
-    nbytes, digest = tensor_digest(data)
-    try:
-        round = operator.index(round)
-        shape = [operator.index(d) for d in (getattr(data, "shape", (nbytes,)) if shape is None else shape)]
-    except TypeError as e:
-        raise InvalidEntryError(f"tensor {name!r}: round and shape must be integers ({e})") from None
-    if dtype is None:
-        dtype = str(getattr(data, "dtype", "uint8"))
-    problems = [what for what, bad in (
-        ("round must be >= 0", round < 0), ("dimensions must be >= 0", any(d < 0 for d in shape)),
-        ("peer must be a string", not isinstance(peer, str)), ("name must be a string", not isinstance(name, str)),
-        ("masked must be a bool", not isinstance(masked, bool)), ("dtype must be a string", not isinstance(dtype, str)),
-    ) if bad]
-    if problems:
-        raise InvalidEntryError(f"tensor {name!r}: " + "; ".join(problems))
-    return _Normal(round=round, peer=peer, name=name, shape=shape, dtype=dtype, nbytes=nbytes,
-                   sha256=digest, masked=masked)
 
 
 class AuditLog:
@@ -136,7 +100,7 @@ class AuditLog:
                 except BlockingIOError:
                     raise LogLockedError(f"{path}: another writer has this log open") from None
             if created:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             if os.fstat(fd).st_size == 0:
                 return cls(path, key, party, fd, log_id=os.urandom(16).hex(), seq=0,
                            prev_hash=GENESIS_HASH, run_open=False)
@@ -205,7 +169,7 @@ class AuditLog:
                 if kind == "run_start":  # always declare the key this log is signed with
                     body = body.model_dump() if isinstance(body, BaseModel) else dict(body)
                     body.update(public_key=self.key.public_bytes.hex(), key_fingerprint=self.key.fingerprint)
-                norm = body if type(body) is _Normal and kind in _TENSOR_KINDS else normalize_body(kind, body)
+                norm = body if type(body) is Normal and kind in _TENSOR_KINDS else normalize_body(kind, body)
                 run_open, problem = run_transition(kind, run_open, first=seq == 0)
                 if problem:
                     raise LogStateError(f"{self.path}: {problem}")
@@ -243,12 +207,17 @@ class AuditLog:
 
     def run_start(self, *, config: Mapping[str, Any] | None = None, role: str | None = None,
                   software: str | None = None, policy: str | None = None,
-                  epsilon_budget: float | None = None, delta_budget: float | None = None) -> Entry:
-        """Begin a run; the entry also records this party's public key and its fingerprint."""
+                  epsilon_budget: float | None = None, delta_budget: float | None = None,
+                  study: str | None = None, run_id: str | None = None, key_binding: Body | None = None) -> Entry:
+        """Begin a run; the entry also records this party's public key and its fingerprint.
+
+        `study` and `run_id` name the study and the federation run; `key_binding` is the party's
+        identity-signed statement of its audit key (`audit.anchors.bind_audit_key`)."""
         self._rounds = 0
         return self.append("run_start", dict(
             config=dict(config or {}), role=role, software=software, policy=policy,
-            epsilon_budget=epsilon_budget, delta_budget=delta_budget))
+            epsilon_budget=epsilon_budget, delta_budget=delta_budget, study=study, run_id=run_id,
+            key_binding=key_binding))
 
     def run_end(self, *, status: str = "completed", rounds_completed: int | None = None,
                 message: str | None = None) -> Entry:
@@ -286,9 +255,26 @@ class AuditLog:
                                  for n, d in items])
 
     def privacy_budget(self, *, round: int, epsilon_round: float, epsilon_total: float, delta: float,
-                       accountant: str) -> Entry:
+                       accountant: str, study: str | None = None, dataset: str | None = None,
+                       charge: str | None = None, epsilon_cap: float | None = None) -> Entry:
         return self.append("privacy_budget", dict(round=round, epsilon_round=epsilon_round,
-                                                  epsilon_total=epsilon_total, delta=delta, accountant=accountant))
+                                                  epsilon_total=epsilon_total, delta=delta, accountant=accountant,
+                                                  study=study, dataset=dataset, charge=charge, epsilon_cap=epsilon_cap))
+
+    def witness(self, head: LogHead, *, round: int | None = None) -> Entry:
+        """Record another party's head (checked with `audit.heads.check_head` first)."""
+        return self.append("witness", head.witness_body(round=round))
+
+    def head(self) -> LogHead:
+        """This log's signed head: its size and last hash now. The reply that follows carries it."""
+        with self._lock:
+            if self._broken:
+                raise LogStateError(f"{self.path}: an earlier write failed ({self._broken}); no head to show")
+            if self.seq == 0:
+                raise LogStateError(f"{self.path}: an empty log has no head")
+            fields = dict(party=self.party, log_id=self.log_id, size=self.seq, hash=self.last_hash,
+                          key_fingerprint=self.key.fingerprint)
+            return LogHead(**fields, sig=self.key.sign(LogHead.signed_bytes(**fields)).hex())
 
     def policy_decision(self, *, accepted: bool, round: int | None = None, violations: Iterable[str] = (),
                         stage: str | None = None, policy: str | None = None,
@@ -347,7 +333,8 @@ def _set_aside(path: Path, fd: int, offset: int) -> dict[str, Any]:
     return dict(torn_bytes=len(torn), torn_sha256=hashlib.sha256(torn).hexdigest(), torn_saved_to=aside.name)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so that a file created or renamed in it survives a power cut."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # pragma: no cover
@@ -361,13 +348,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def open_party_log(log_dir: str | os.PathLike, party: str, *, key_path: str | os.PathLike | None = None,
-                   recover: bool = False) -> AuditLog:
+                   recover: bool = False, wait_s: float = 0.0) -> AuditLog:
     """Open `log_dir/<party>.jsonl` for appending, with the party's key made on first use.
 
     The private key goes to `key_path` (default `log_dir/<party>.key`, mode 0600: fine for a
     simulation; in a deployment keep it away from the published log, e.g. under the site's
     secrets directory). The public key is written to `log_dir/<party>.pub`, where
-    `fedmed audit verify` looks for it."""
+    `fedmed audit verify` looks for it. While another writer holds the log, wait up to `wait_s`
+    seconds for it (then LogLockedError)."""
     if not is_valid_party(party):
         raise InvalidPartyError(f"party {party!r}: use letters, digits, '.', '_', '-' (at most 64)")
     log_dir = Path(log_dir)
@@ -378,7 +366,14 @@ def open_party_log(log_dir: str | os.PathLike, party: str, *, key_path: str | os
             raise KeyMismatchError(f"{pub} is not the public half of {key.path}")
     else:
         key.export_public(pub)
-    return AuditLog.open(log_dir / f"{party}.jsonl", key, party=party, recover=recover)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return AuditLog.open(log_dir / f"{party}.jsonl", key, party=party, recover=recover)
+        except LogLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
-__all__ = ["AuditLog", "open_party_log", "tensor_body", "tensor_digest"]
+__all__ = ["AuditLog", "fsync_dir", "open_party_log", "tensor_body", "tensor_digest"]

@@ -1,7 +1,8 @@
 """Summaries of a verified log: bytes and tensors per round, the ε trajectory, refusals.
 
 Only entries that verified are summarised; the summary carries the verification report,
-so a page about a log that failed verification says so first.
+so a page about a log that failed verification says so first. With `study`, only the runs of
+that study (their run_start's `study`) are summarised.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from audit.anchors import AuditRoster
 from audit.entries import Entry
 from audit.keys import PublicKeyLike
 from audit.verify import VerifyReport, verify
@@ -25,6 +27,8 @@ class RunInfo(BaseModel):
     epsilon_budget: float | None = None
     delta_budget: float | None = None
     config: dict = Field(default_factory=dict)
+    study: str | None = None
+    run_id: str | None = None  # the federation run
     end_status: str | None = None  # None: never ended (open, or interrupted)
 
 
@@ -73,6 +77,7 @@ class EventRow(BaseModel):
 class AuditSummary(BaseModel):
     verification: VerifyReport
     party: str | None
+    study: str | None = None  # the study summarised (None: every run)
     runs: list[RunInfo]
     rounds: list[RoundRow]
     tensors: list[TensorRow]
@@ -102,7 +107,7 @@ def summarize_entries(entries: list[Entry], verification: VerifyReport) -> Audit
         if e.kind == "run_start":
             runs.append(RunInfo(run=run + 1, seq=e.seq, time=e.time, role=b["role"], policy=b["policy"],
                                 epsilon_budget=b["epsilon_budget"], delta_budget=b["delta_budget"],
-                                config=b["config"]))
+                                config=b["config"], study=b.get("study"), run_id=b.get("run_id")))
             budget = b["epsilon_budget"] if b["epsilon_budget"] is not None else budget
         elif e.kind == "run_end" and runs:
             runs[-1].end_status = b["status"]
@@ -145,6 +150,11 @@ def summarize_entries(entries: list[Entry], verification: VerifyReport) -> Audit
                 rr.errors += 1
             events.append(EventRow(seq=e.seq, time=e.time, run=run, kind="error", round=b["round"],
                                    text=f"{b['error_type']}: {b['message']}"))
+        elif e.kind == "privacy_cap":
+            before = "no cap" if b["epsilon_before"] is None else f"{b['epsilon_before']:g}"
+            budget = b["epsilon_after"]
+            events.append(EventRow(seq=e.seq, time=e.time, run=run, kind="ε cap changed",
+                                   text=f"ε cap {before} -> {b['epsilon_after']:g}: {b['reason']}"))
         elif e.kind == "recovery":
             torn = f"; {b['torn_bytes']} torn bytes set aside in {b['torn_saved_to']}" if b["torn_bytes"] else ""
             events.append(EventRow(seq=e.seq, time=e.time, run=run, kind="recovery", text=b["reason"] + torn))
@@ -161,8 +171,21 @@ def summarize_entries(entries: list[Entry], verification: VerifyReport) -> Audit
                         tensors=tensors, events=events, epsilon_budget=budget, totals=totals)
 
 
-def summarize(path: str | os.PathLike, public_key: PublicKeyLike | None = None, *,
-              allow_open: bool = False) -> AuditSummary:
-    """Verify the log at `path` and summarise the entries that verified."""
-    rep = verify(Path(path), public_key, allow_open=allow_open)
-    return summarize_entries(rep.verified, rep)
+def of_study(entries: list[Entry], study: str) -> list[Entry]:
+    """The entries of the runs whose run_start names `study`."""
+    out, inside = [], False
+    for e in entries:
+        if e.kind == "run_start":
+            inside = e.body.get("study") == study
+        if inside:
+            out.append(e)
+    return out
+
+
+def summarize(path: str | os.PathLike, public_key: PublicKeyLike | None = None, *, allow_open: bool = False,
+              roster: AuditRoster | None = None, study: str | None = None) -> AuditSummary:
+    """Verify the log at `path` and summarise the entries that verified (of `study`'s runs only, if given)."""
+    rep = verify(Path(path), public_key, allow_open=allow_open, roster=roster)
+    summary = summarize_entries(rep.verified if study is None else of_study(rep.verified, study), rep)
+    summary.study = study
+    return summary

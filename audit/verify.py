@@ -1,8 +1,12 @@
 """Verify a log: every line canonical, signed, chained, in sequence, well-formed; say where it breaks.
 
-Trust anchor, in order: the key passed in (`explicit`), else `<log stem>.pub` beside the log
-(`sidecar`), else the key the first run_start declares (`embedded`: this proves only that the
-log is self-consistent, since whoever rewrites a whole log can declare their own key).
+Trust anchor, in order: the key passed in (`explicit`), else the enrolment roster (`roster`,
+`audit.anchors`), else `<log stem>.pub` beside the log (`sidecar`), else the key the first
+run_start declares (`embedded`). Only the first two are independent of the log (`anchored`):
+whoever rewrites a whole log can replace the `.pub` beside it and declare a key of their own.
+
+What a lone log cannot show is that nothing was cut from its end (a log cut at a run boundary
+is still intact and closed): that takes the heads another party witnessed (`audit.completeness`).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from typing import Any, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, computed_field
 
+from audit.anchors import AuditRoster, UntrustedKeyError, anchor_key
+from audit.completeness import Completeness
 from audit.entries import (
     GENESIS_HASH,
     SIG_DOMAIN,
@@ -25,10 +31,12 @@ from audit.entries import (
     parse_body,
     run_transition,
 )
-from audit.errors import AuditError, InvalidEntryError
+from audit.errors import AuditError, InvalidEntryError, KeyFileError
 from audit.keys import PublicKeyLike, fingerprint, load_public_key, public_raw
 
-TrustAnchor = Literal["explicit", "sidecar", "embedded", "none"]
+TrustAnchor = Literal["explicit", "roster", "sidecar", "embedded", "none"]
+ANCHORED: tuple[TrustAnchor, ...] = ("explicit", "roster")
+NOT_PROVED = "complete: not proved (a log alone cannot show that nothing was cut from its end)"
 
 
 class BadEntry(BaseModel):
@@ -65,7 +73,14 @@ class VerifyReport(BaseModel):
     run_open: bool = False
     interrupted_runs: list[int] = Field(default_factory=list)  # seq of run_starts a crash left open
     last_hash: str = GENESIS_HASH
+    completeness: Completeness | None = None  # set when checked against another party's witnessed heads
     verified: list[Entry] = Field(default_factory=list, exclude=True, repr=False)
+
+    @computed_field
+    @property
+    def anchored(self) -> bool:
+        """Whether the key came from outside the log's folder (the caller's key or the roster)."""
+        return self.trust_anchor in ANCHORED
 
     def summary(self) -> str:
         """One line for people."""
@@ -85,7 +100,8 @@ class VerifyReport(BaseModel):
         if not self.closed:
             state = "OK (open allowed)" if self.ok else "FAIL"
             return f"{state} {self.path}: log is open (no run_end at the end: still running, crashed or cut); {who} verify, {anchor}"
-        return f"OK {self.path}: {who} verify, closed, signed by {anchor}"
+        complete = self.completeness.summary() if self.completeness is not None else NOT_PROVED
+        return f"OK {self.path}: {who} verify, closed, signed by {anchor}; {complete}"
 
 
 class _Bad(Exception):
@@ -114,29 +130,57 @@ def _sig_ok(pk: Ed25519PublicKey, sig_hex: str, digest: bytes) -> bool:
     return True
 
 
-def _resolve_anchor(path: Path, public_key: PublicKeyLike | None) -> tuple[Ed25519PublicKey | None, TrustAnchor, str | None]:
+def _first_entry(data: bytes) -> dict[str, Any]:
+    try:
+        first = json.loads(data[: data.find(b"\n") if b"\n" in data else len(data)])
+    except ValueError:
+        return {}
+    return first if isinstance(first, dict) else {}
+
+
+def _resolve_anchor(path: Path, data: bytes, public_key: PublicKeyLike | None, roster: AuditRoster | None,
+                    ) -> tuple[Ed25519PublicKey | None, TrustAnchor, str | None]:
+    """The key to verify under and where it came from; raises UntrustedKeyError (roster given, no anchor)."""
     if public_key is not None:
         src = None if isinstance(public_key, Ed25519PublicKey | bytes) else os.fsdecode(public_key)
         if src is not None and len(src) == 64 and not Path(src).exists():
             src = "hex"
         return load_public_key(public_key), "explicit", src
+    if roster is not None:
+        first = _first_entry(data)
+        body = first.get("body") if first.get("kind") == "run_start" else None
+        if not isinstance(body, dict) or not isinstance(first.get("party"), str):
+            raise UntrustedKeyError("the first entry is not a run_start declaring a key")
+        try:
+            pk, source = anchor_key(roster, party=first["party"], public_key=str(body.get("public_key")),
+                                    binding=body.get("key_binding"))
+        except (ValidationError, ValueError, KeyFileError) as e:
+            raise UntrustedKeyError(f"the log's key or key statement is malformed ({e})") from None
+        return pk, "roster", source
     sidecar = path.with_suffix(".pub")
     if sidecar.exists():
         return load_public_key(sidecar), "sidecar", str(sidecar)
     return None, "none", None
 
 
-def verify(path: str | os.PathLike, public_key: PublicKeyLike | None = None, *, allow_open: bool = False) -> VerifyReport:
+def verify(path: str | os.PathLike, public_key: PublicKeyLike | None = None, *, allow_open: bool = False,
+           roster: AuditRoster | None = None) -> VerifyReport:
     """Check every entry of the log at `path`; stop at the first bad one.
 
-    Raises AuditError only when the log or key cannot be read; everything wrong *in* the
-    log is in the report."""
+    `roster`: anchor the key in the enrolment roster (when no `public_key` is given); a log whose
+    key the roster does not anchor fails at line 1 (`untrusted_key`). Raises AuditError only when
+    the log or key cannot be read; everything wrong *in* the log is in the report."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise AuditError(f"{path}: cannot read log: {e.strerror}") from None
-    pk, anchor, source = _resolve_anchor(path, public_key)
+    try:
+        pk, anchor, source = _resolve_anchor(path, data, public_key, roster)
+    except UntrustedKeyError as e:
+        bad = BadEntry(line=1, offset=0, expected_seq=0, code="untrusted_key", reason=f"roster: {e}")
+        return VerifyReport(path=str(path), ok=False, intact=False, closed=False, allow_open=allow_open, entries=0,
+                            trust_anchor="none", trust_anchor_source="roster: not anchored", first_bad=bad)
     rep: dict[str, Any] = dict(path=str(path), allow_open=allow_open, trust_anchor=anchor, trust_anchor_source=source)
     if pk is not None:
         rep["key_fingerprint"] = fingerprint(pk)

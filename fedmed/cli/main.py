@@ -30,6 +30,9 @@ app.add_typer(policy_app, name="policy")
 from fedmed.cli.audit import app as audit_app  # noqa: E402
 
 app.add_typer(audit_app, name="audit")
+from fedmed.cli.privacy import app as privacy_app  # noqa: E402
+
+app.add_typer(privacy_app, name="privacy")
 from fedmed.cli.data import app as data_app  # noqa: E402
 
 app.add_typer(data_app, name="data")

@@ -3,9 +3,10 @@
 - sample-level DP (DP-SGD, `mode="sample"`): per-sample gradients of exactly the method's trainable
   tensors (whole-model vmap, see `per_sample`), Opacus's Poisson sampling, clipping and noise;
 - client-level DP (`mode="client"`): the round's whole update clipped and noised (`client_dp`);
-- the site's `PrivacyLedger`: Opacus's accountant history persisted in the site's state directory,
-  composed over every round and restart; a round that would exceed the budget is declined before
-  it trains (`BudgetExceededError`).
+- the site's `PrivacyLedger`: Opacus's accountant history persisted in the site's state directory per
+  dataset (`dataset_fingerprint`), under a file lock, reconciled with the site's audit log, composed
+  over every round and restart; a round that would exceed the budget is declined before it trains
+  (`BudgetExceededError`); `ledger_admin` holds what `fedmed privacy` shows and changes.
 
 docs/privacy.md says which guarantee each mode gives.
 """
@@ -14,14 +15,17 @@ from fedmed.privacy.accounting import ACCOUNTANTS, UnknownAccountantError, epsil
 from fedmed.privacy.client_dp import clip_update, privatize_update, update_norm
 from fedmed.privacy.config import DPConfig, RoundPlan, plan_round, sampling
 from fedmed.privacy.dp_sgd import DPSGD, FedmedDPOptimizer, train_dp_sgd
+from fedmed.privacy.fingerprint import FingerprintError, dataset_fingerprint, description_fingerprint
 from fedmed.privacy.ledger import (
     LEDGER_FILE,
     BudgetExceededError,
+    LedgerBehindLogError,
     LedgerError,
     LedgerMismatchError,
     PrivacyLedger,
     PrivacyReport,
 )
+from fedmed.privacy.ledger_file import ledger_path
 from fedmed.privacy.noise import GaussianNoise
 from fedmed.privacy.per_sample import PerSampleGradients, dense_forward
 from fedmed.privacy.train import dp_train_local, round_plan, site_ledger
@@ -33,7 +37,9 @@ __all__ = [
     "BudgetExceededError",
     "DPConfig",
     "FedmedDPOptimizer",
+    "FingerprintError",
     "GaussianNoise",
+    "LedgerBehindLogError",
     "LedgerError",
     "LedgerMismatchError",
     "PerSampleGradients",
@@ -42,9 +48,12 @@ __all__ = [
     "RoundPlan",
     "UnknownAccountantError",
     "clip_update",
+    "dataset_fingerprint",
     "dense_forward",
+    "description_fingerprint",
     "dp_train_local",
     "epsilon_of",
+    "ledger_path",
     "merge_history",
     "noise_for_target",
     "plan_round",

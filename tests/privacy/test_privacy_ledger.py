@@ -71,7 +71,7 @@ def test_ledger_file_is_the_accountant_history(tmp_path):
     ledger.record_round(noise_multiplier=1.0, sample_rate=0.25, steps=4, round=0)
     ledger.record_round(noise_multiplier=1.5, sample_rate=0.25, steps=4, round=1)
     record = json.loads((tmp_path / LEDGER_FILE).read_text())
-    assert record["format"] == "fedmed-privacy-ledger-v1" and record["delta"] == 1e-3
+    assert record["format"] == "fedmed-privacy-ledger-v2" and record["delta"] == 1e-3
     assert [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in record["rounds"]] == [
         (1.0, 0.25, 4), (1.5, 0.25, 4)]
     assert record["rounds"][-1]["epsilon_total"] == pytest.approx(ledger.epsilon_spent)
@@ -88,13 +88,19 @@ def test_would_exceed_and_epsilon_after_agree(tmp_path):
     assert not unlimited.would_exceed(noise_multiplier=0.5, sample_rate=1.0, steps=1000)
 
 
-def test_budget_is_kept_unless_set(tmp_path):
+def test_a_policy_never_raises_the_cap_only_set_cap_does(tmp_path):
     PrivacyLedger.open(tmp_path, mode="sample", delta=1e-3, epsilon_budget=2.0).record_round(
-        noise_multiplier=2.0, sample_rate=0.1, steps=1)
+        noise_multiplier=2.0, sample_rate=0.1, steps=1)  # created under a policy with cap 2
     assert PrivacyLedger.open(tmp_path, mode="sample").epsilon_budget == 2.0
-    assert PrivacyLedger.open(tmp_path, mode="sample", epsilon_budget=0.5).epsilon_budget == 0.5  # stored with the next round
-    lifted = PrivacyLedger.open(tmp_path, mode="sample", epsilon_budget=math.inf)
-    assert lifted.epsilon_budget is None and not lifted.would_exceed(noise_multiplier=0.5, sample_rate=1.0, steps=99)
+    stricter = PrivacyLedger.open(tmp_path, mode="sample", epsilon_budget=0.5)
+    assert stricter.epsilon_budget == 0.5 and stricter.ledger_cap == 2.0  # held lower, not stored
+    for looser in (8.0, math.inf):  # a policy switch does not lift the cap
+        ledger = PrivacyLedger.open(tmp_path, mode="sample", epsilon_budget=looser)
+        assert ledger.epsilon_budget == 2.0 and ledger.would_exceed(noise_multiplier=0.5, sample_rate=1.0, steps=99)
+    change = ledger.set_cap(8.0, reason="the consortium agreed on 8")
+    assert (change.epsilon_before, change.epsilon_after) == (2.0, 8.0)
+    assert PrivacyLedger.open(tmp_path, mode="sample").epsilon_budget == 8.0
+    assert json.loads((tmp_path / LEDGER_FILE).read_text())["caps"][0]["reason"] == "the consortium agreed on 8"
 
 
 def test_record_past_the_budget_raises_and_records_nothing(tmp_path):
