@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from nibabel.orientations import io_orientation
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedmed.inference.inputs import InputCase, InputError, case_name
+from policies import validation_problems
 
 
 class BoxRecord(BaseModel):
@@ -42,6 +43,11 @@ class BoxRecord(BaseModel):
     y1: float = Field(ge=0)
     z0: int | None = Field(default=None, ge=0)
     z1: int | None = Field(default=None, ge=0)
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _index_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _rows(path: Path) -> list[dict]:
@@ -77,8 +83,7 @@ class BoxPrompts:
             try:
                 records.append(BoxRecord.model_validate(row))
             except ValidationError as error:
-                fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-                problems.append(f"record {number}: {fields}")
+                problems.append(f"record {number}: " + "; ".join(validation_problems(error)))
         known = {n for name in inputs for n in (name, case_name(Path(name)))}
         for name in sorted({r.image for r in records} - known):
             problems.append(f"names {name!r}, which is not among the inputs")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fedmed.inference.card import CARD_FILE, CardError, ModelCard, read_model_card
+from fedmed.inference.card import CARD_FILE, CardError, ModelCard, parse_card, read_model_card
 from fedmed.io import TrainableCheckpointError, load_trainable, save_trainable
 from fedmed.models import SamSegmenter, TrainableStateError, build_model, load_trainable_state
 from fedmed.models.checkpoint import CheckpointError
@@ -73,9 +73,9 @@ def load_bundle(path: str | Path) -> ModelBundle:
         raise BundleError(f"{path}: holds trained tensors without a model card; give its run directory "
                           f"(with {CARD_FILE}) or a model file from `fedmed export --format fedmed`")
     try:
-        card = ModelCard.model_validate(meta["card"])
-    except ValueError as error:
-        raise BundleError(f"{path}: its model card is not valid: {error}") from None
+        card = parse_card(meta["card"], path)
+    except CardError as error:
+        raise BundleError(str(error)) from None
     return ModelBundle(card, tensors, path)
 
 

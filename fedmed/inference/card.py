@@ -12,6 +12,7 @@ again by that hash), so predict needs no other flag.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,7 @@ from fedmed.data.types import SiteData
 from fedmed.io import write_json
 from fedmed.models import DEFAULT_PROMPT, ModelConfig, arch_spec, get_method
 from fedmed.models.pretrained import file_sha256, find_builtin
+from policies import validation_problems
 
 CARD_FILE = "model_card.json"
 CARD_FORMAT = "fedmed-model-card-v1"
@@ -153,12 +155,21 @@ def write_model_card(run_dir: str | Path, config: ModelConfig, *, class_names: S
     return write_json(Path(run_dir) / CARD_FILE, card.model_dump(mode="json"))
 
 
+def parse_card(record: object, source: str | Path) -> ModelCard:
+    """A model card from its JSON record; `CardError` names `source` and lists every problem."""
+    try:
+        return ModelCard.model_validate(record)
+    except ValidationError as error:
+        raise CardError(f"{source}: not a valid model card: " + "; ".join(validation_problems(error))) from None
+
+
 def read_model_card(path: str | Path) -> ModelCard:
     """Read and validate a model card file; `CardError` names the file and every problem."""
     path = Path(path)
     try:
-        return ModelCard.model_validate_json(path.read_bytes())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise CardError(f"{path}: unreadable model card ({error.strerror or error})") from None
-    except (ValidationError, ValueError) as error:
-        raise CardError(f"{path}: not a valid model card: {error}") from None
+    except ValueError as error:
+        raise CardError(f"{path}: not JSON ({error})") from None
+    return parse_card(record, path)

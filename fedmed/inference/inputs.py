@@ -108,24 +108,25 @@ def find_inputs(path: str | Path) -> list[Path]:
 
 
 def _picture_channels(path: Path) -> tuple[int, tuple[int, ...]]:
-    """(channels, array shape) of a picture from its header."""
-    try:
-        with Image.open(path) as im:
-            bands = 3 if im.mode == "P" else len(im.getbands())
-            return bands, (im.height, im.width, bands)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        if path.suffix.lower() not in (".tif", ".tiff"):
+    """(channels, array shape) of a picture from its header; TIFs by tifffile, which sees every page and
+    sample (Pillow shows the first page only), the rest by Pillow."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        try:
+            with Image.open(path) as im:
+                bands = 3 if im.mode == "P" else len(im.getbands())
+                return bands, (im.height, im.width, bands)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise ReadError(f"unreadable image file ({error})") from error
     try:
         with tifffile.TiffFile(path) as tif:
             shape = tuple(int(n) for n in tif.series[0].shape)
     except Exception as error:  # tifffile raises many kinds; any of them means unreadable
         raise ReadError(f"unreadable TIF file ({error})") from error
-    shape = tuple(n for n in shape if n != 1) or (1,)
-    if len(shape) == 2:
+    squeezed = tuple(n for n in shape if n != 1) or (1,)
+    if len(squeezed) <= 2:
         return 1, shape
-    if len(shape) == 3:
-        return (shape[-1] if shape[-1] <= MAX_CHANNELS else min(shape[0], shape[-1])), shape
+    if len(squeezed) == 3:
+        return (squeezed[-1] if squeezed[-1] <= MAX_CHANNELS else min(squeezed[0], squeezed[-1])), shape
     raise ReadError(f"not a 2D image (array shape {shape})")
 
 

@@ -31,7 +31,7 @@ def _run_model(run_dir: Path) -> tuple[dict, str, str | None]:
         try:
             plan = json.loads(plan_path.read_text())
             spec = plan["model"]
-            fields = {k: spec.get(k) for k in _SPEC_FIELDS} | {"seed": int(plan.get("seed", 0))}
+            fields = {k: spec[k] for k in _SPEC_FIELDS if spec.get(k) is not None} | {"seed": int(plan.get("seed", 0))}
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise LegacyRunError(f"{plan_path}: not a run plan ({error})") from None
         return fields, "final.pt", spec.get("checkpoint_sha256")
