@@ -1,0 +1,115 @@
+"""`fedmed evaluate` on a small NIfTI federation (volumes of a known affine and spacing): per-volume Dice
+matches numpy on the files `fedmed predict` writes, the prompt mode is in every output, no test split
+is a clear error; and a real (in-process) federation's run directory goes through predict and evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from fedmed.cli.main import app
+from fedmed.data import load_sites
+from fedmed.fl.client_app import make_client_app
+from fedmed.fl.inprocess import InProcessGrid
+from fedmed.fl.plan import ModelSpec, RunPlan
+from fedmed.fl.rounds import run_federation
+from fedmed.fl.site import SiteSettings, model_config
+from fedmed.inference import normalisation_of, write_model_card
+from fedmed.models import build_model
+
+from inference_helpers import AFFINE, nifti_dataset, perturbed, run_dir, tiny_config
+
+RUNNER = CliRunner()
+
+
+def invoke(*args: str):
+    return RUNNER.invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """Two NIfTI sites and a run directory of a tiny flap-sam model trained on them (tensors perturbed)."""
+    root = tmp_path_factory.mktemp("nifti")
+    for site in ("hospital-a", "hospital-b"):
+        nifti_dataset(root / "sites" / site, cases=2)
+    site = load_sites(root / "sites", image_size=128)[0]
+    config = tiny_config("flap-sam")
+    run = run_dir(root / "run", config, perturbed(build_model(config), scale=0.002), class_names=site.class_names,
+                  normalisation=normalisation_of(site))
+    return root, run
+
+
+def test_per_volume_dice_matches_numpy_on_the_predicted_files(federation):
+    root, run = federation
+    report = invoke("evaluate", "--model", str(run), "--data", str(root / "sites"), "--split", "all",
+                    "--out", str(root / "eval"), "--device", "cpu")
+    assert report.exit_code == 0, report.output
+    result = json.loads((root / "eval" / "evaluation.json").read_text())
+    assert result["prompt"] == "none" and result["distance_unit"] == "mm" and result["cases"] == 4
+    rows = {(r["site"], r["case"]): r for r in result["rows"]}
+    assert {r["unit"] for r in rows.values()} == {"volume"} and {r["prompt"] for r in rows.values()} == {"none"}
+    for site in ("hospital-a", "hospital-b"):
+        images = root / "sites" / site / "imagesTr"
+        out = root / "pred" / site
+        assert invoke("predict", "--model", str(run), "--input", str(images), "--out", str(out)).exit_code == 0
+        for case in ("case0", "case1"):
+            predicted, source = nib.load(out / f"{case}.nii.gz"), nib.load(images / f"{case}.nii.gz")
+            assert np.array_equal(predicted.affine, AFFINE) and np.array_equal(predicted.affine, source.affine)
+            pred = np.asanyarray(predicted.dataobj) == 1
+            truth = np.asanyarray(nib.load(root / "sites" / site / "labelsTr" / f"{case}.nii.gz").dataobj) == 1
+            dice = 2 * np.sum(pred & truth) / (pred.sum() + truth.sum())
+            assert 0.5 < dice < 1.0  # a real, imperfect segmentation
+            assert rows[(site, case)]["dice"] == pytest.approx(dice, abs=1e-6)
+    per_volume = [r["dice"] for r in rows.values()]
+    assert result["mean"]["dice"] == pytest.approx(np.mean(per_volume)) == result["per_class"]["organ"]["dice"]
+    assert (root / "eval" / "evaluation.png").stat().st_size > 0
+
+
+def test_oracle_boxes_are_named_in_every_output(federation):
+    root, run = federation
+    report = invoke("evaluate", "--model", str(run), "--data", str(root / "sites" / "hospital-a"), "--split", "val",
+                    "--prompt", "oracle-boxes", "--device", "cpu")
+    assert report.exit_code == 0, report.output
+    out = run / "evaluation-val-oracle-boxes"
+    assert "prompt: oracle-boxes" in report.output and "which inference does not have" in report.output
+    assert json.loads((out / "evaluation.json").read_text())["prompt"] == "oracle-boxes"
+    with open(out / "evaluation.csv") as stream:
+        assert {row["prompt"] for row in csv.DictReader(stream)} == {"oracle-boxes"}
+
+
+def test_a_dataset_without_a_test_split_says_so(federation):
+    root, run = federation
+    report = invoke("evaluate", "--model", str(run), "--data", str(root / "sites"), "--split", "test")
+    assert report.exit_code == 2 and "no test split" in report.output and "--split val" in report.output
+
+
+def test_a_federation_run_directory_goes_through_predict_and_evaluate(tmp_path, task_identity):
+    plan = RunPlan(model=ModelSpec(image_size=32, method="samed"), rounds=1, batch_size=4, min_clients=2,
+                   num_clients=2, join_timeout=1, out=str(tmp_path / "run"))
+
+    def settings(context):
+        return SiteSettings(partition=int(context.node_config["partition-id"]), num_sites=2, samples_per_site=5,
+                            device="cpu")
+
+    grid = InProcessGrid(make_client_app(settings), [{"partition-id": i} for i in range(2)])
+    run_federation(grid, plan)
+    # what the federation calls when a run ends (its sites' class names and normalisation)
+    site = load_sites("synthetic", image_size=32, num_sites=2, samples_per_site=5)[0]
+    write_model_card(plan.out, model_config(plan.model, num_classes=2, seed=plan.seed, checkpoint=plan.model.checkpoint),
+                     class_names=site.class_names, normalisation=normalisation_of(site))
+    Image.fromarray(np.zeros((50, 70), np.uint8)).save(tmp_path / "scan.png")
+    predicted = invoke("predict", "--model", plan.out, "--input", str(tmp_path / "scan.png"), "--out",
+                       str(tmp_path / "pred"))
+    assert predicted.exit_code == 0, predicted.output
+    assert np.asarray(Image.open(tmp_path / "pred" / "scan.png")).shape == (50, 70)
+    evaluated = invoke("evaluate", "--model", plan.out, "--data", "synthetic", "--num-sites", "2",
+                       "--samples-per-site", "5")
+    assert evaluated.exit_code == 0, evaluated.output
+    result = json.loads((tmp_path / "run" / "evaluation-val-none" / "evaluation.json").read_text())
+    assert result["cases"] == 2 and result["method"] == "samed" and result["prompt"] == "none"
