@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from fedmed.cli.predict import BatchOpt, BoxesOpt, CheckpointOpt, DeviceOpt, ModelOpt, fail
+from fedmed.cli.predict import BatchOpt, BoxesOpt, CheckpointOpt, DeviceOpt, ModelOpt, check_prompt, fail
 
 PROMPTS = ("none", "boxes", "oracle-boxes")
 
@@ -44,12 +44,9 @@ def evaluate(
     from fedmed.inference.evaluation import case_names
     from fedmed.train.loop import resolve_device
 
-    if prompt not in PROMPTS:
-        fail(f"--prompt must be one of {', '.join(PROMPTS)}, not {prompt!r}")
+    check_prompt(prompt, boxes, PROMPTS)
     if split not in ("val", "test", "all"):
         fail(f"--split must be val, test or all, not {split!r}")
-    if (prompt == "boxes") != (boxes is not None):
-        fail("--prompt boxes needs --boxes FILE" if boxes is None else "--boxes goes with --prompt boxes")
     console = Console(highlight=False)
     try:
         bundle = load_bundle(model)

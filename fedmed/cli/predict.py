@@ -28,6 +28,14 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def check_prompt(prompt: str, boxes: Path | None, allowed: tuple[str, ...]) -> None:
+    """Exit with an error unless `prompt` is one of `allowed` and `--boxes` is given exactly for `boxes`."""
+    if prompt not in allowed:
+        fail(f"--prompt must be one of {', '.join(allowed)}, not {prompt!r}")
+    if (prompt == "boxes") != (boxes is not None):
+        fail("--prompt boxes needs --boxes FILE" if boxes is None else "--boxes goes with --prompt boxes")
+
+
 def predict(
     model: ModelOpt,
     input: Annotated[Path, typer.Option("--input", help="a picture (PNG, JPG, TIF) or NIfTI file, or a folder of them")],
@@ -43,10 +51,7 @@ def predict(
     from fedmed.inference import BundleError, InputError, Predictor, load_bundle, predict_files
     from fedmed.train.loop import resolve_device
 
-    if prompt not in ("none", "boxes"):
-        fail(f"--prompt must be none or boxes, not {prompt!r}")
-    if (prompt == "boxes") != (boxes is not None):
-        fail("--prompt boxes needs --boxes FILE" if boxes is None else "--boxes goes with --prompt boxes")
+    check_prompt(prompt, boxes, ("none", "boxes"))
     console = Console(highlight=False)
     try:
         bundle = load_bundle(model)

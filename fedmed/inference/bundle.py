@@ -117,8 +117,10 @@ def build_segmenter(bundle: ModelBundle, *, prompt: str, checkpoint: str | Path 
         model = build_model(config)
         load_trainable_state(model, bundle.tensors)
     except TrainableStateError as error:
+        problems = str(error).split(": ", 1)[-1].split("; ")
+        listed = "; ".join(problems[:3]) + (f"; ... ({len(problems) - 3} more)" if len(problems) > 3 else "")
         raise BundleError(f"{bundle.source}: its tensors do not fit a {card.arch} {card.method} model at "
-                          f"{card.image_size} px: {error}") from None
+                          f"{card.image_size} px: {listed}") from None
     except (CheckpointError, ValueError) as error:
         raise BundleError(f"{bundle.source}: cannot build its model: {error}") from None
     return model.eval()

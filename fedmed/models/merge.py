@@ -5,6 +5,7 @@ linear layer computes the same. For SAM's fused `qkv` the q and v thirds get the
 k none (`fedmed.models.lora.LoRAQKV`); the decoder's `q_proj`/`v_proj` are plain LoRA layers. The
 product is taken in float64 and rounded once to the weight's dtype. MSA adapters (`fedmsa`) add a
 nonlinear branch (GELU) that no weight of plain SAM can hold, so a model with them is refused.
+fedmed's LoRA layers are its own (`fedmed.models.lora`, not peft's), so their merge is written here.
 """
 
 from __future__ import annotations

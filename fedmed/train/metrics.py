@@ -10,8 +10,9 @@ For each foreground class k:
   misses a structure; it is set to the case's diagonal extent, the largest distance there is.
 - NSD (normalised surface Dice, MONAI `compute_surface_dice`) at `tolerance` in the same units:
   1 when the class is absent from both (MONAI: NaN), 0 when absent from one.
-Means (`summarise`): per class over cases (NaN skipped), then over classes; per-round validation
-uses `dice_from_counts`, the same volumetric Dice from running sums (no volume kept in memory).
+Means (`summarise`): per class over cases (NaN skipped), then over classes. Per-round validation
+uses `dice_counts`/`dice_from_counts`, the same volumetric Dice from running sums written by hand:
+MONAI's `compute_dice` needs the whole volume in memory, the sums only three numbers a class.
 """
 
 from __future__ import annotations

@@ -146,9 +146,9 @@ def test_the_command_writes_results_and_refuses_a_run_without_its_card(tmp_path)
 
 
 def test_predictions_do_not_depend_on_the_batch_size(tmp_path):
-    _two_valued_volume(tmp_path / "ct.nii.gz", shape=(30, 5, 20))
+    _two_valued_volume(tmp_path / "ct.nii.gz", shape=(30, 3, 20))
     bundle = tiny_bundle("flap-sam", normalisation=CT)
     case = read_case(tmp_path / "ct.nii.gz", CT)
-    one, three = Predictor(bundle, batch_size=1).labels(case), Predictor(bundle, batch_size=3).labels(case)
-    assert one.shape == (20, 30, 5) and np.array_equal(one, three)
-    assert torch.is_tensor(case.model_input(range(5), 128))
+    one, two = Predictor(bundle, batch_size=1).labels(case), Predictor(bundle, batch_size=2).labels(case)
+    assert one.shape == (20, 30, 3) and np.array_equal(one, two)
+
