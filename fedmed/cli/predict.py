@@ -59,7 +59,7 @@ def predict(
                               batch_size=batch_size)
         if prompt == "none" and bundle.card.prompt == "box":
             console.print(f"note: {bundle.card.method} trained with box prompts; without them (--prompt none) "
-                          "expect lower Dice than with --prompt boxes")
+                          "it may segment worse than with --prompt boxes")
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("predicting", total=None)

@@ -6,7 +6,9 @@ import json
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from fedmed.cli.main import app
 from fedmed.data import load_sites
 from fedmed.inference import (CARD_FILE, BundleError, ModelBundle, Normalisation, build_segmenter, load_bundle,
                               normalisation_of, read_model_card, save_bundle, write_model_card)
@@ -101,3 +103,17 @@ def test_an_old_run_gets_its_card_from_its_plan_and_data(tmp_path):
     assert card.normalisation == normalisation_of(load_sites(data, image_size=128)[0])
     assert card.normalisation.source == "nifti" and card.normalisation.is_ct and card.base.builtin
     assert load_bundle(run).card == card
+
+
+def test_export_with_data_writes_the_card_of_an_old_run(tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config("samed")
+    save_trainable(run / "final.pt", perturbed(build_model(config)), plan={})
+    write_json(run / "config.json", {"seed": 0, "model": {"arch": "tiny", "method": "samed",
+                                                           "checkpoint": config.checkpoint,
+                                                           "checkpoint_sha256": file_sha256(config.checkpoint)}})
+    result = CliRunner().invoke(app, ["export", str(run), "--data", "synthetic", "--format", "fedmed",
+                                      "--out", str(tmp_path / "model.pt")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert read_model_card(run / CARD_FILE).class_names == ["background", "organ"]
+    assert load_bundle(tmp_path / "model.pt").card == load_bundle(run).card

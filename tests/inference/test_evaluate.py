@@ -113,3 +113,23 @@ def test_a_federation_run_directory_goes_through_predict_and_evaluate(tmp_path, 
     assert evaluated.exit_code == 0, evaluated.output
     result = json.loads((tmp_path / "run" / "evaluation-val-none" / "evaluation.json").read_text())
     assert result["cases"] == 2 and result["method"] == "samed" and result["prompt"] == "none"
+
+
+def test_boxes_from_a_file_are_used_and_named(federation):
+    root, run = federation
+    site = root / "sites" / "hospital-b"
+    lines = ["image,class,x0,y0,z0,x1,y1,z1"]
+    for case in ("case0", "case1"):
+        label = np.asanyarray(nib.load(site / "labelsTr" / f"{case}.nii.gz").dataobj)
+        (x0, y0, z0), (x1, y1, z1) = np.argwhere(label).min(axis=0), np.argwhere(label).max(axis=0)
+        lines.append(f"{case}.nii.gz,organ,{x0},{y0},{z0},{x1},{y1},{z1}")
+    (root / "boxes.csv").write_text("\n".join(lines) + "\n")
+    report = invoke("evaluate", "--model", str(run), "--data", str(site), "--split", "all", "--prompt", "boxes",
+                    "--boxes", str(root / "boxes.csv"), "--out", str(root / "boxed"))
+    assert report.exit_code == 0, report.output
+    result = json.loads((root / "boxed" / "evaluation.json").read_text())
+    assert result["prompt"] == "boxes" and result["cases"] == 2 and result["mean"]["dice"] > 0.5
+    (root / "ghost.csv").write_text("image,class,x0,y0,z0,x1,y1,z1\nghost.nii.gz,organ,1,1,1,2,2,2\n")
+    refused = invoke("evaluate", "--model", str(run), "--data", str(site), "--prompt", "boxes",
+                     "--boxes", str(root / "ghost.csv"))
+    assert refused.exit_code == 2 and "ghost.csv" in refused.output and "'ghost.nii.gz'" in refused.output
