@@ -3,8 +3,9 @@ the class names and normalisation from the data it trained on.
 
     card_for_run("runs/fedmsa-tiny", "synthetic")    # writes runs/fedmsa-tiny/model_card.json
 
-A federation's run directory holds `config.json` (the run plan: model spec and seed) and
-`final.pt`; `fedmed train` writes `trainable.pt`, whose metadata holds the model config.
+A federation's run directory holds `config.json` (the run plan: model spec, seed, starting weights;
+read in the layout before and after the federation config became sections) and `final.pt`;
+`fedmed train` writes `trainable.pt`, whose metadata holds the model config.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ def _run_model(run_dir: Path) -> tuple[dict, str, str | None]:
     """(model config fields without num_classes, tensor file name, base checkpoint SHA-256 if recorded)."""
     plan_path, trained = run_dir / "config.json", run_dir / "trainable.pt"
     if plan_path.is_file() and (run_dir / "final.pt").is_file():
-        try:
+        try:  # both plan layouts: {"seed", "model": {..., "checkpoint"}} and {"federation": {"seed"}, "checkpoint"}
             plan = json.loads(plan_path.read_text())
-            spec = plan["model"]
-            fields = {k: spec[k] for k in _SPEC_FIELDS if spec.get(k) is not None} | {"seed": int(plan.get("seed", 0))}
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            spec = {**plan["model"], "checkpoint": plan.get("checkpoint") or plan["model"].get("checkpoint")}
+            seed = (plan.get("federation") or {}).get("seed", plan.get("seed", 0))
+            fields = {k: spec[k] for k in _SPEC_FIELDS if spec.get(k) is not None} | {"seed": int(seed)}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise LegacyRunError(f"{plan_path}: not a run plan ({error})") from None
         return fields, "final.pt", spec.get("checkpoint_sha256")
     if trained.is_file():

@@ -90,14 +90,16 @@ def test_fedsam_needs_no_base_checkpoint_because_it_carries_every_parameter(tmp_
         assert torch.equal(build_segmenter(alone, prompt="none")(IMAGES), build_segmenter(bundle, prompt="none")(IMAGES))
 
 
-def test_an_old_run_gets_its_card_from_its_plan_and_data(tmp_path):
+@pytest.mark.parametrize("layout", ["flat", "sections"])
+def test_an_old_run_gets_its_card_from_its_plan_and_data(tmp_path, layout):
     data = nifti_dataset(tmp_path / "ct")
     run = tmp_path / "run"
     config = tiny_config("fedmsa")
     save_trainable(run / "final.pt", perturbed(build_model(config)), plan={})
-    write_json(run / "config.json", {"seed": 3, "model": {"arch": "tiny", "method": "fedmsa", "lora_rank": 4,
-                                                           "checkpoint": config.checkpoint,
-                                                           "checkpoint_sha256": file_sha256(config.checkpoint)}})
+    spec = {"arch": "tiny", "method": "fedmsa", "lora_rank": 4, "checkpoint_sha256": file_sha256(config.checkpoint)}
+    plan = ({"seed": 3, "model": {**spec, "checkpoint": config.checkpoint}} if layout == "flat" else
+            {"federation": {"seed": 3}, "model": spec, "checkpoint": config.checkpoint})
+    write_json(run / "config.json", plan)
     card = card_for_run(run, data)
     assert card.seed == 3 and card.class_names == ["background", "organ"] and card.tensors == "final.pt"
     assert card.normalisation == normalisation_of(load_sites(data, image_size=128)[0])

@@ -1,6 +1,6 @@
 """`fedmed evaluate` on a small NIfTI federation (volumes of a known affine and spacing): per-volume Dice
 matches numpy on the files `fedmed predict` writes, the prompt mode is in every output, no test split
-is a clear error; and a real (in-process) federation's run directory goes through predict and evaluate."""
+is a clear error; and the built-in synthetic data through predict and evaluate."""
 
 from __future__ import annotations
 
@@ -15,12 +15,7 @@ from typer.testing import CliRunner
 
 from fedmed.cli.main import app
 from fedmed.data import load_sites
-from fedmed.fl.client_app import make_client_app
-from fedmed.fl.inprocess import InProcessGrid
-from fedmed.fl.plan import ModelSpec, RunPlan
-from fedmed.fl.rounds import run_federation
-from fedmed.fl.site import SiteSettings, model_config
-from fedmed.inference import normalisation_of, write_model_card
+from fedmed.inference import normalisation_of
 from fedmed.models import build_model
 
 from inference_helpers import AFFINE, nifti_dataset, perturbed, run_dir, tiny_config
@@ -89,30 +84,22 @@ def test_a_dataset_without_a_test_split_says_so(federation):
     assert report.exit_code == 2 and "no test split" in report.output and "--split val" in report.output
 
 
-def test_a_federation_run_directory_goes_through_predict_and_evaluate(tmp_path, task_identity):
-    plan = RunPlan(model=ModelSpec(image_size=32, method="samed"), rounds=1, batch_size=4, min_clients=2,
-                   num_clients=2, join_timeout=1, out=str(tmp_path / "run"))
-
-    def settings(context):
-        return SiteSettings(partition=int(context.node_config["partition-id"]), num_sites=2, samples_per_site=5,
-                            device="cpu")
-
-    grid = InProcessGrid(make_client_app(settings), [{"partition-id": i} for i in range(2)])
-    run_federation(grid, plan)
-    # what the federation calls when a run ends (its sites' class names and normalisation)
+def test_predict_and_evaluate_on_the_builtin_synthetic_data(tmp_path):
     site = load_sites("synthetic", image_size=32, num_sites=2, samples_per_site=5)[0]
-    write_model_card(plan.out, model_config(plan.model, num_classes=2, seed=plan.seed, checkpoint=plan.model.checkpoint),
-                     class_names=site.class_names, normalisation=normalisation_of(site))
+    config = tiny_config("samed", image_size=32)
+    run = run_dir(tmp_path / "run", config, perturbed(build_model(config)), class_names=site.class_names,
+                  normalisation=normalisation_of(site))
     Image.fromarray(np.zeros((50, 70), np.uint8)).save(tmp_path / "scan.png")
-    predicted = invoke("predict", "--model", plan.out, "--input", str(tmp_path / "scan.png"), "--out",
+    predicted = invoke("predict", "--model", str(run), "--input", str(tmp_path / "scan.png"), "--out",
                        str(tmp_path / "pred"))
     assert predicted.exit_code == 0, predicted.output
     assert np.asarray(Image.open(tmp_path / "pred" / "scan.png")).shape == (50, 70)
-    evaluated = invoke("evaluate", "--model", plan.out, "--data", "synthetic", "--num-sites", "2",
+    evaluated = invoke("evaluate", "--model", str(run), "--data", "synthetic", "--num-sites", "2",
                        "--samples-per-site", "5")
     assert evaluated.exit_code == 0, evaluated.output
-    result = json.loads((tmp_path / "run" / "evaluation-val-none" / "evaluation.json").read_text())
+    result = json.loads((run / "evaluation-val-none" / "evaluation.json").read_text())
     assert result["cases"] == 2 and result["method"] == "samed" and result["prompt"] == "none"
+    assert {r["case"] for r in result["rows"]} == {"site-0/0004", "site-1/0004"}  # the run's validation split
 
 
 def test_boxes_from_a_file_are_used_and_named(federation):

@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
