@@ -50,3 +50,10 @@ app.command("sweep")(_sweep.sweep)
 from fedmed.cli.enrol import app as enrol_app  # noqa: E402
 
 app.add_typer(enrol_app, name="enrol")
+from fedmed.cli import evaluate as _evaluate  # noqa: E402
+from fedmed.cli import export as _export  # noqa: E402
+from fedmed.cli import predict as _predict  # noqa: E402
+
+app.command("predict")(_predict.predict)
+app.command("evaluate")(_evaluate.evaluate)
+app.command("export")(_export.export)
