@@ -23,14 +23,17 @@ def _value(value: float, digits: int) -> str:
 def evaluate(
     model: ModelOpt,
     data: Annotated[str, typer.Option(help="'synthetic' or a dataset folder (one subfolder per site allowed)")],
-    split: Annotated[str, typer.Option(help="val, test or all (train + val)")] = "val",
+    split: Annotated[str, typer.Option(help="test (held out of the federation), val (what rounds validate on) "
+                                            "or all")] = "test",
     prompt: Annotated[str, typer.Option(help="none, boxes (from --boxes) or oracle-boxes (cut from the ground "
                                              "truth: only to compare with papers that use it)")] = "none",
     boxes: BoxesOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="folder for evaluation.json/.csv/.png "
                                                      "[default: evaluation-SPLIT-PROMPT/ beside the model]")] = None,
     tolerance: Annotated[float, typer.Option(min=0.0, help="surface Dice tolerance, mm (px for pictures)")] = 2.0,
-    seed: Annotated[Optional[int], typer.Option(help="the split's seed [default: the run's]")] = None,
+    split_dir: Annotated[Optional[Path], typer.Option(help="the site's kept splits (STATE/splits), for a dataset "
+                                                           "without its own splits.json")] = None,
+    data_seed: Annotated[int, typer.Option(help="the synthetic sites' data seed (the sites' own)")] = 0,
     num_sites: Annotated[int, typer.Option(min=1, help="sites of the synthetic data")] = 3,
     samples_per_site: Annotated[int, typer.Option(min=2, help="pictures per synthetic site")] = 80,
     checkpoint: CheckpointOpt = None,
@@ -53,8 +56,8 @@ def evaluate(
         card = bundle.card
         options = {"num_sites": num_sites, "samples_per_site": samples_per_site,
                    "num_classes": card.num_classes} if data == "synthetic" else {"channel": card.normalisation.channel}
-        sites = evaluation_split(data, split, image_size=card.image_size,
-                                 seed=card.seed if seed is None else seed, **options)
+        sites = evaluation_split(data, split, image_size=card.image_size, split_dir=split_dir, data_seed=data_seed,
+                                 **options)
         predictor = Predictor(bundle, prompt=prompt, checkpoint=checkpoint, device=resolve_device(device),
                               batch_size=batch_size)
         prompts = None

@@ -78,22 +78,25 @@ def print_summary(metrics: dict, out: Path) -> None:
         console.print("no round completed")
         return
     last = rounds[-1]
-    table = Table(title=f"{metrics.get('name', 'run')}: after round {last['round']}")
-    for column in ("site", "Dice", "IoU", "HD95 (px)", "val loss", "status", "sent", "received"):
+    oracle = "mean_dice_oracle_boxes" in last
+    table = Table(title=f"{metrics.get('name', 'run')}: after round {last['round']} (validation, no prompt)")
+    columns = ["site", "Dice", *(["Dice, oracle boxes"] if oracle else []), "val loss", "status", "sent", "received"]
+    for column in columns:
         table.add_column(column, justify="left" if column in ("site", "status") else "right")
     for name, m in last["sites"].items():
         sent = sum(r["sites"].get(name, {}).get("bytes_sent", 0) for r in rounds)
         received = sum(r["sites"].get(name, {}).get("bytes_received", 0) for r in rounds)
-        table.add_row(name, _num(m["dice"]), _num(m["iou"]), _num(m["hd95"], 1), _num(m["loss"]), m["status"],
-                      _size(sent), _size(received))
-    table.add_row("mean", _num(last["mean_dice"]), _num(last.get("mean_iou")), "", "", "", "", "", style="bold")
+        table.add_row(name, _num(m["dice"]), *([_num(m.get("dice_oracle_boxes"))] if oracle else []),
+                      _num(m["loss"]), m["status"], _size(sent), _size(received))
+    table.add_row("mean", _num(last["mean_dice"]), *([_num(last["mean_dice_oracle_boxes"])] if oracle else []),
+                  "", "", "", "", style="bold")
     centralized = metrics.get("centralized")
     if centralized:
-        table.add_row("centralized", _num(centralized["dice"]),
-                      _num(centralized["iou"]), _num(centralized["hd95"], 1), "", "", "", "", style="cyan")
+        table.add_row("centralized", _num(centralized["dice"]), *([""] if oracle else []), "", "", "", "",
+                      style="cyan")
     console.print(table)
     first = rounds[0]
     console.print(f"mean Dice {_num(first['mean_dice'])} after round 1 -> {_num(last['mean_dice'])} after round "
                   f"{last['round']}" + (f"; held-out {metrics['plan']['holdout']}: {_num(last.get('holdout_dice'))}"
                                         if last.get("holdout_dice") is not None else ""))
-    console.print(f"wrote {out / 'metrics.json'}, {out / 'dice.png'}, {out / 'final.pt'}")
+    console.print(f"wrote {out / 'metrics.json'}, {out / 'dice.png'}, {out / 'final.pt'}, {out / 'model_card.json'}")

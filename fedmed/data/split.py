@@ -37,10 +37,12 @@ class Split:
 
     sides: dict[str, list[str]]
     source: str
+    fixed: bool = True  # False: drawn for this load only, kept nowhere
 
     def info(self, patients: dict[str, str]) -> SplitInfo:
         return SplitInfo(self.source, {s: len(self.sides[s]) for s in SIDES},
-                         {s: len({patients[c] for c in self.sides[s] if c in patients}) for s in SIDES})
+                         {s: len({patients[c] for c in self.sides[s] if c in patients}) for s in SIDES},
+                         fixed=self.fixed)
 
 
 def _names(value: object, what: str) -> list[str]:
@@ -171,7 +173,7 @@ def settle_split(index: DatasetIndex, *, site: str, split_file: Path | None, val
         return Split(sides, source), _check(sides, cases, path)
     sides = make_split(cases, val_fraction=val_fraction, test_fraction=test_fraction)
     if split_file is None:
-        return Split(sides, "drawn now (CSPRNG), not kept: a new one every load"), []
+        return Split(sides, "drawn now (CSPRNG), not kept: a new one every load", fixed=False), []
     if not make:
         return Split(sides, f"none yet: the first load draws one (CSPRNG) and keeps it in {split_file}"), []
     sides = _write_new(split_file, sides, site=site, val_fraction=val_fraction, test_fraction=test_fraction)

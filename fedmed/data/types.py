@@ -115,11 +115,13 @@ class DataFormat:
 
 @dataclass(frozen=True)
 class SplitInfo:
-    """Where a site's train / val / test split comes from, and how many cases and patients each side has."""
+    """Where a site's train / val / test split comes from, and how many cases and patients each side
+    has; `fixed`: the same on every load (a split file, the synthetic data seed), not drawn anew."""
 
     source: str
     cases: dict[str, int]
     patients: dict[str, int]
+    fixed: bool = True
 
 
 @dataclass

@@ -40,8 +40,7 @@ class ModelBundle:
 def _missing_card(run_dir: Path) -> BundleError:
     return BundleError(
         f"{run_dir}: no {CARD_FILE}, so the class names, the intensity normalisation and the base checkpoint's "
-        f"SHA-256 of this run are unknown (runs write it when they end). For a run made before model cards: "
-        f"`fedmed export {run_dir} --data DATA --format fedmed --out model.pt` writes it from the run's data")
+        f"SHA-256 of this run are unknown (a run writes it when it ends: did it complete?)")
 
 
 def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

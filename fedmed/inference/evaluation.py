@@ -7,7 +7,8 @@ Dice); means are over cases, then over classes. The prompt mode is `none` unless
 `boxes` from a file, or `oracle-boxes` cut from the ground truth of every slice (only to compare
 with papers that report it).
 
-`evaluation_split` is the one place that chooses which cases a split holds.
+`evaluation_split` is the one place that chooses which cases a split holds: the sites' own split
+(rounds validate on `val`; `test` is held out of the whole federation).
 """
 
 from __future__ import annotations
@@ -50,17 +51,21 @@ class EvalSite:
     class_names: list[str]
 
 
-def evaluation_split(data: str | Path, split: Split, *, image_size: int, seed: int, **options) -> list[EvalSite]:
-    """The cases of `split` at every site of `data` (the split `fedmed.data.load_sites` makes with the
-    run's `seed`: train and val; `all` is both). `options` go to `load_sites`."""
-    sites = load_sites(data, image_size=image_size, seed=seed, **options)
-    if split == "test":
-        lacking = [s.name for s in sites if getattr(s, "test", None) is None]
-        if lacking:
-            raise SplitError(f"{data}: no test split (sites {', '.join(lacking)} are split into train and val "
-                             "only); evaluate --split val or --split all")
-        return [EvalSite(s.name, [s.test], s.class_names) for s in sites]
-    parts = {"val": lambda s: [s.val], "all": lambda s: [s.train, s.val]}[split]
+def evaluation_split(data: str | Path, split: Split, *, image_size: int, split_dir: str | Path | None = None,
+                     data_seed: int = 0, **options) -> list[EvalSite]:
+    """The cases of `split` (`test`, `val`, or `all` three) at every site of `data`, as the sites split
+    them (`fedmed.data.load_sites`): a folder's own split or the one a site keeps in `split_dir`, the
+    synthetic federation's fixed by `data_seed`. `options` go to `load_sites`."""
+    sites = load_sites(data, image_size=image_size, split_dir=split_dir, data_seed=data_seed, **options)
+    drawn = [s.name for s in sites if not s.split.fixed]
+    if drawn and split != "all":
+        raise SplitError(f"{data}: the split of {', '.join(drawn)} is kept in the site's state (give its folder "
+                         "with --split-dir, e.g. STATE/splits) or in the dataset's own splits.json / "
+                         "splits_final.json; a split drawn now would mix the site's training cases in")
+    parts = {"test": lambda s: [s.test], "val": lambda s: [s.val], "all": lambda s: [s.train, s.val, s.test]}[split]
+    empty = [s.name for s in sites if split != "all" and len(parts(s)[0]) == 0]
+    if empty:
+        raise SplitError(f"{data}: the {split} split of {', '.join(empty)} holds no case")
     return [EvalSite(s.name, parts(s), s.class_names) for s in sites]
 
 

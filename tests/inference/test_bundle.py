@@ -6,19 +6,15 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from fedmed.cli.main import app
-from fedmed.data import load_sites
 from fedmed.inference import (CARD_FILE, BundleError, ModelBundle, Normalisation, build_segmenter, load_bundle,
-                              normalisation_of, read_model_card, save_bundle, write_model_card)
+                              read_model_card, save_bundle, write_model_card)
 from fedmed.inference.card import CardError
-from fedmed.inference.legacy import card_for_run
-from fedmed.io import save_trainable, write_json
+from fedmed.io import save_trainable
 from fedmed.models import build_model, load_trainable_state
 from fedmed.models.pretrained import file_sha256
 
-from inference_helpers import nifti_dataset, perturbed, run_dir, tiny_bundle, tiny_config
+from inference_helpers import perturbed, run_dir, tiny_bundle, tiny_config
 
 IMAGES = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)) * 255
 
@@ -90,32 +86,3 @@ def test_fedsam_needs_no_base_checkpoint_because_it_carries_every_parameter(tmp_
         assert torch.equal(build_segmenter(alone, prompt="none")(IMAGES), build_segmenter(bundle, prompt="none")(IMAGES))
 
 
-@pytest.mark.parametrize("layout", ["flat", "sections"])
-def test_an_old_run_gets_its_card_from_its_plan_and_data(tmp_path, layout):
-    data = nifti_dataset(tmp_path / "ct")
-    run = tmp_path / "run"
-    config = tiny_config("fedmsa")
-    save_trainable(run / "final.pt", perturbed(build_model(config)), plan={})
-    spec = {"arch": "tiny", "method": "fedmsa", "lora_rank": 4, "checkpoint_sha256": file_sha256(config.checkpoint)}
-    plan = ({"seed": 3, "model": {**spec, "checkpoint": config.checkpoint}} if layout == "flat" else
-            {"federation": {"seed": 3}, "model": spec, "checkpoint": config.checkpoint})
-    write_json(run / "config.json", plan)
-    card = card_for_run(run, data)
-    assert card.seed == 3 and card.class_names == ["background", "organ"] and card.tensors == "final.pt"
-    assert card.normalisation == normalisation_of(load_sites(data, image_size=128)[0])
-    assert card.normalisation.source == "nifti" and card.normalisation.is_ct and card.base.builtin
-    assert load_bundle(run).card == card
-
-
-def test_export_with_data_writes_the_card_of_an_old_run(tmp_path):
-    run = tmp_path / "run"
-    config = tiny_config("samed")
-    save_trainable(run / "final.pt", perturbed(build_model(config)), plan={})
-    write_json(run / "config.json", {"seed": 0, "model": {"arch": "tiny", "method": "samed",
-                                                           "checkpoint": config.checkpoint,
-                                                           "checkpoint_sha256": file_sha256(config.checkpoint)}})
-    result = CliRunner().invoke(app, ["export", str(run), "--data", "synthetic", "--format", "fedmed",
-                                      "--out", str(tmp_path / "model.pt")], env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
-    assert read_model_card(run / CARD_FILE).class_names == ["background", "organ"]
-    assert load_bundle(tmp_path / "model.pt").card == load_bundle(run).card

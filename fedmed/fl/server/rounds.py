@@ -10,7 +10,9 @@ The same loop runs in the simulation engine, in a deployment and in-process in t
    unmasked), move the global vector by the strategy's step (`fedmed.fl.server.strategy`); a
    round with fewer than `min_clients` updates in the mean fails with every reason and leaves the
    last checkpoint as it was;
-3. evaluate the new global model on every site's validation split; checkpoint it with the metrics.
+3. evaluate the new global model on every site's validation split (per class, per volume for
+   volumes, with no prompt as at inference; box-trained models also with oracle boxes, apart);
+   checkpoint it with the metrics. When the run ends, `final.pt` gets its model card.
 
 Every message is logged in the server's audit log (`fedmed.fl.server.journal`) and counted in
 bytes, per round and site in both directions.
@@ -39,6 +41,7 @@ from fedmed.fl.server.strategy import FedAvg
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.fl.wire.layout import Layout, pack
 from fedmed.fl.wire.messages import CONFIG, EVALUATE, GLOBAL, HELLO, LAYOUT_KEY, METRICS, SiteHello
+from fedmed.inference.card import write_model_card
 from fedmed.models import build_model, trainable_state
 from fedmed.train.centralized import mean_over_sites
 
@@ -117,10 +120,10 @@ class Federation:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise FederationError(f"several nodes call themselves {repeated}; every site needs its own name")
-        classes = {s.num_classes for s in sites}
+        classes = {(s.num_classes, s.class_names) for s in sites}
         if len(classes) > 1:
-            raise FederationError("sites disagree on the number of classes: "
-                                  + ", ".join(f"{s.name}: {s.num_classes}" for s in sites))
+            raise FederationError("sites disagree on their classes: " + "; ".join(
+                f"{s.name}: {s.num_classes} ({', '.join(s.class_names)})" for s in sites))
         self.exchange.nodes = by_node
         bytes_of = {way: {known.get(node, node): count for node, count in counts.items()}
                     for way, counts in (("received", exchanged.received), ("sent", exchanged.sent))}
@@ -163,7 +166,20 @@ class Federation:
                 self.on_round(record)
         self.run_dir.save_final(layout.unflatten(vector), plan, history, sites=sorted(self.sites),
                                 setup_bytes=setup_bytes)
+        self._write_card(num_classes)
         return self.run_dir.read_metrics()
+
+    def _write_card(self, num_classes: int) -> None:
+        """The model card beside `final.pt` (`fedmed.inference.card`): what predict needs of the data."""
+        plan, sites = self.plan, sorted(self.sites.values(), key=lambda s: s.name)
+        normalisations = {s.normalisation for s in sites}
+        if len(normalisations) > 1:
+            logger.warning("the sites normalise their data differently (%s); the model card records %s's",
+                           ", ".join(f"{s.name}: {s.normalisation.source} {s.normalisation.modality}".strip()
+                                     for s in sites), sites[0].name)
+        config = plan.model.build_config(num_classes=num_classes, seed=plan.federation.seed, checkpoint=plan.checkpoint)
+        write_model_card(self.run_dir.root, config, class_names=sites[0].class_names,
+                         normalisation=sites[0].normalisation, checkpoint_sha256=plan.model.checkpoint_sha256)
 
     def _trainers(self) -> list[str]:
         plan, names = self.plan, sorted(self.sites)
@@ -212,9 +228,10 @@ class Federation:
             if collected.secure is not None:
                 bytes_of.update(secagg_received=protocol.get("received", 0), secagg_sent=protocol.get("sent", 0))
             sites[name] = {
-                "dice": metrics.get("dice", math.nan), "iou": metrics.get("iou", math.nan),
-                "hd95": metrics.get("hd95", math.nan), "loss": metrics.get("loss", math.nan),
-                "samples": int(metrics.get("num-examples", 0)),
+                "dice": metrics.get("dice", math.nan), "prompt": "none",
+                "dice_per_class": {k.removeprefix("dice/"): v for k, v in metrics.items() if k.startswith("dice/")},
+                "dice_oracle_boxes": metrics.get("dice-oracle-boxes"), "loss": metrics.get("loss", math.nan),
+                "cases": int(metrics.get("cases", 0)), "samples": int(metrics.get("num-examples", 0)),
                 "train_loss": train_metrics.get("train-loss") if name in samples else None,
                 "train_samples": samples.get(name, 0),
                 "epsilon": train_metrics.get("epsilon"), "delta": train_metrics.get("delta"),
@@ -229,12 +246,14 @@ class Federation:
         record = {
             "round": round,
             "mean_dice": mean_over_sites(training, "dice") if training else math.nan,
-            "mean_iou": mean_over_sites(training, "iou") if training else math.nan,
             "trained": sorted(samples),
             "failed": dict(sorted(failures.items())),
             "sites": sites,
             "secure_aggregation": collected.secure is not None,
         }
+        oracle = {n: m for n, m in training.items() if m["dice_oracle_boxes"] is not None}
+        if oracle:
+            record["mean_dice_oracle_boxes"] = mean_over_sites(oracle, "dice_oracle_boxes")
         if collected.secure is not None:
             record["secagg"] = collected.secure
         if self.plan.holdout is not None:

@@ -31,9 +31,10 @@ from fedmed.fl.site.settings import SiteSettings
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.fl.wire.layout import pack, read_vector
 from fedmed.fl.wire.messages import GLOBAL, LAYOUT_KEY, METRICS, REFUSAL, SECAGG_KEY, UPDATE, RoundRefused, SiteHello
-from fedmed.models import load_trainable_state
-from fedmed.train import evaluate as evaluate_model
+from fedmed.inference.card import normalisation_of
+from fedmed.models import DEFAULT_PROMPT, load_trainable_state
 from fedmed.train import resolve_device
+from fedmed.train.evaluate import validate
 
 logger = logging.getLogger("fedmed.fl.site")
 
@@ -49,6 +50,7 @@ def hello(session: SiteSession, content: RecordDict) -> RecordDict:
     session.prepare(Instructions.from_content(content), own_classes=True)
     data = session.data
     return SiteHello(name=data.name, num_train=len(data.train), num_val=len(data.val), num_classes=data.num_classes,
+                     class_names=tuple(data.class_names), normalisation=normalisation_of(data),
                      layout=session.layout.digest, fedmed=__version__,
                      identity=hello_identity(session.settings)).record()
 
@@ -75,15 +77,22 @@ def train(session: SiteSession, content: RecordDict) -> RecordDict:
 
 
 def evaluate(session: SiteSession, content: RecordDict) -> RecordDict:
+    """The global model on the site's validation split, as inference would run it (no prompt); a
+    model trained with boxes is also scored with boxes cut from the ground truth, in its own field."""
     session.prepare(Instructions.from_content(content))
     _load_global(session, content)
-    metrics = evaluate_model(session.model, session.data.val, batch_size=session.instructions.training.batch_size,
-                             device=resolve_device(session.settings.device))
+    data, device = session.data, resolve_device(session.settings.device)
+    batch = session.instructions.training.batch_size
+    result = validate(session.model, data.val, class_names=data.class_names, prompt="none", batch_size=batch,
+                      device=device)
+    metrics = {"dice": result.dice, "loss": result.loss, "cases": result.cases, "num-examples": result.samples,
+               **{f"dice/{name}": value for name, value in result.per_class.items()}}
+    if DEFAULT_PROMPT[session.instructions.model.method] == "box":
+        oracle = validate(session.model, data.val, class_names=data.class_names, prompt="oracle-boxes",
+                          batch_size=batch, device=device)
+        metrics["dice-oracle-boxes"] = oracle.dice
     session.model.to("cpu")
-    return RecordDict({METRICS: MetricRecord({
-        "dice": float(metrics["dice"]), "iou": float(metrics["iou"]), "hd95": float(metrics["hd95"]),
-        "loss": float(metrics["loss"]), "num-examples": int(metrics["samples"]),
-    })})
+    return RecordDict({METRICS: MetricRecord({k: float(v) if isinstance(v, float) else v for k, v in metrics.items()})})
 
 
 STEPS: dict[MessageKind, Callable[[SiteSession, RecordDict], RecordDict]] = {

@@ -19,6 +19,8 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, MessageType, RecordDict
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedmed.inference.card import Normalisation
+
 HELLO = f"{MessageType.QUERY}.hello"
 TRAIN = MessageType.TRAIN
 EVALUATE = MessageType.EVALUATE
@@ -61,7 +63,8 @@ def refusal_violations(content: RecordDict) -> list[str]:
 
 
 class SiteHello(BaseModel):
-    """A site's answer to hello: its name, sample counts, classes, model layout and identity."""
+    """A site's answer to hello: its name, sample counts, classes (named, background first) and how its
+    data is normalised (what a model card needs), its model layout and its identity."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -69,6 +72,8 @@ class SiteHello(BaseModel):
     num_train: int = Field(ge=0)
     num_val: int = Field(ge=0)
     num_classes: int = Field(ge=2)
+    class_names: tuple[str, ...] = ()
+    normalisation: Normalisation
     layout: str = Field(description="the digest of the site's trainable layout")
     fedmed: str = Field(description="the site's fedmed version")
     identity: str = Field(default="", description="Ed25519 public key (hex) for secure aggregation, if any")

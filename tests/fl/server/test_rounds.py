@@ -13,6 +13,7 @@ from fl_helpers import small_grid, small_plan
 from fedmed.fl.server.rounds import FederationError, RoundFailed, run_federation
 from fedmed.fl.wire.layout import pack
 from fedmed.fl.wire.messages import TRAIN, UPDATE
+from fedmed.inference import build_segmenter, load_bundle
 from fedmed.io import load_trainable
 
 
@@ -39,11 +40,26 @@ def test_a_run_writes_checkpoints_metrics_and_bytes(uninterrupted):
     assert meta["round"] == 2 and meta["plan"]["federation"]["rounds"] == 2 and len(meta["history"]) == 2
     assert all(torch.equal(tensors[k], v) for k, v in final_tensors(out).items())
     site = metrics["rounds"][-1]["sites"]["site-0"]
-    assert {"dice", "iou", "loss", "bytes_sent", "bytes_received"} <= set(site)
+    assert {"dice", "dice_per_class", "prompt", "loss", "bytes_sent", "bytes_received"} <= set(site)
     floor = sum(t.numel() for t in tensors.values()) * 4
     assert floor < site["bytes"]["train_sent"] < floor + 2048  # the update: the floor plus a fixed overhead
     assert floor < site["bytes"]["train_received"] < floor + 4096  # the global vector and the instructions
     assert json.loads((out / "metrics.json").read_text())["rounds"][0]["mean_dice"] is not None
+
+
+def test_a_run_reports_dice_per_class_without_prompts_and_leaves_a_usable_model(uninterrupted):
+    out, metrics = uninterrupted
+    record = metrics["rounds"][-1]
+    site = record["sites"]["site-0"]
+    assert site["prompt"] == "none" and list(site["dice_per_class"]) == ["organ"]
+    assert 0 <= site["dice"] <= 1 and site["dice"] == site["dice_per_class"]["organ"]
+    assert site["dice_oracle_boxes"] is not None and "mean_dice_oracle_boxes" in record  # fedmsa trains with boxes
+    bundle = load_bundle(out)  # what `fedmed predict --model RUN` reads
+    assert bundle.card.method == "fedmsa" and bundle.card.class_names == ["background", "organ"]
+    assert bundle.card.normalisation.source == "synthetic" and bundle.card.image_size == 32
+    with torch.no_grad():
+        logits = build_segmenter(bundle, prompt="none")(torch.zeros(1, 3, 32, 32))
+    assert logits.shape == (1, 1, 32, 32)
 
 
 def test_resume_after_a_stop_between_rounds_gives_the_same_model(uninterrupted, tmp_path):
