@@ -30,12 +30,18 @@ from policies.messages import (
     TensorSummary,
     TrainingSettings,
 )
+from policies.release import FIELDS, ReleaseRules, Treatment, bucket, reduce
 from policies.schema import METHODS, DPMode, Method, Policy
 from policies.servers import normalize_fingerprint, pem_fingerprint
 
 __all__ = [
     "METHODS",
     "DPMode",
+    "FIELDS",
+    "ReleaseRules",
+    "Treatment",
+    "bucket",
+    "reduce",
     "Method",
     "PayloadSummary",
     "Policy",

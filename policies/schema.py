@@ -29,6 +29,9 @@ says otherwise, so a missing rule is an error rather than a silent "anything goe
     [training]               optional; bounds on what the server sets for local training, each a
                              [min, max] pair (defaults: lr [1e-7, 1], local_epochs [1, 100],
                              batch_size [1, 4096], proximal_mu [0, 10])
+    [release]                optional (default: every field public); per reply (hello, train, secagg,
+                             evaluate) each field a site may send and how: public, rounded, bucket, dp,
+                             withheld (`policies.release`); a field not named is never sent
     [servers]
     require_tls              whether the transport must be TLS (not checkable in a one-process simulation)
     allowed                  server allowlist: `sha256:<hex>` certificate fingerprints or `host:port`
@@ -45,6 +48,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from policies.release import ReleaseRules
 from policies.servers import is_fingerprint_entry, normalize_fingerprint
 
 __all__ = [
@@ -160,4 +164,5 @@ class Policy(BaseModel):
     secure_aggregation: SecureAggregationRules
     training: TrainingRules = TrainingRules()
     privacy: PrivacyRules
+    release: ReleaseRules = ReleaseRules()
     servers: ServerRules

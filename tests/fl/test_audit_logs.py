@@ -54,7 +54,8 @@ def test_a_site_logs_its_masked_update_tensor_by_tensor_and_its_budget(strict_ru
     assert budget["epsilon_total"] == pytest.approx(2.4837, abs=1e-3) and budget["delta"] == 1e-5
     decisions = [(e["body"]["stage"], e["body"]["accepted"]) for e in entries(log, "policy_decision")]
     assert decisions == [("instructions", True), ("instructions", True), ("payload", True),  # setup, train
-                         ("survivors", True), ("survivors", True)]  # before signing them, before unmasking
+                         ("survivors", True), ("survivors", True),  # before signing them, before unmasking
+                         ("evaluation", True)]
     # the setup, the train message, the consistency check, the unmasking and the evaluation
     assert [e["body"]["status"] for e in entries(log, "run_end")] == ["completed"] * 5
 

@@ -24,6 +24,7 @@ from fedmed.fl.server.exchange import Exchange, Exchanged
 from fedmed.fl.server.validate import UpdateRejected, check_update
 from fedmed.fl.wire.layout import Layout
 from fedmed.fl.wire.messages import TRAIN, SiteHello, refusal_reason
+from fedmed.fl.wire.replies import metric
 
 logger = logging.getLogger("fedmed.fl.server")
 
@@ -42,7 +43,7 @@ class Collected:
 
     mean: np.ndarray  # the mean update [L], float32
     train: Exchanged  # the train messages (replies with metrics, bytes)
-    samples: dict[str, int]  # sites whose update is in the mean -> training samples
+    samples: dict[str, int | None]  # sites whose update is in the mean -> training samples (None: withheld)
     failures: dict[str, str]  # chosen sites whose update is not -> why
     protocol_bytes: dict[str, dict[str, int]] = field(default_factory=dict)  # site -> {received, sent} of
     # the secure-aggregation stages (none in a plain round)
@@ -78,10 +79,11 @@ def too_few(round: int, count: int, of: int, needed: int, failures: dict[str, st
 
 
 class PlainAggregator:
-    """Plain updates: the server sees each site's update and averages the valid ones."""
+    """Plain updates: the server sees each site's update and averages the valid ones, weighted by
+    `weighting`: "samples" (the count the site sends, else the one of its hello, else 1) or "equal"."""
 
-    def __init__(self, exchange: Exchange, *, min_clients: int):
-        self.exchange, self.min_clients = exchange, min_clients
+    def __init__(self, exchange: Exchange, *, min_clients: int, weighting: str):
+        self.exchange, self.min_clients, self.weighting = exchange, min_clients, weighting
 
     def admit(self, sites: dict[str, SiteHello]) -> dict[str, SiteHello]:
         return sites
@@ -95,12 +97,15 @@ class PlainAggregator:
                 failures[name] = f"refused: {refused}"
                 continue
             try:
-                updates[name] = check_update(reply, layout, site=name)
+                vector, samples = check_update(reply, layout, site=name)
             except UpdateRejected as error:
                 failures[name] = "rejected: " + "; ".join(error.reasons)
+                continue
+            counted = samples if samples is not None else chosen[name].num_train
+            updates[name] = (vector, (counted or 1) if self.weighting == "samples" else 1)
         for name, reason in sorted(failures.items()):
             logger.warning("round %d: %s left out: %s", round, name, reason)
         if len(updates) < self.min_clients:
             raise too_few(round, len(updates), len(chosen), self.min_clients, failures, "sent a usable update")
-        samples = {name: weight for name, (_, weight) in updates.items()}
+        samples = {name: metric(train.replies[name], "num_examples") for name in updates}
         return Collected(weighted_mean(updates), train, samples, failures)

@@ -40,10 +40,10 @@ from fedmed.fl.server.secure import SecureAggregator
 from fedmed.fl.server.strategy import FedAvg
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.fl.wire.layout import Layout, pack
-from fedmed.fl.wire.messages import CONFIG, EVALUATE, GLOBAL, HELLO, LAYOUT_KEY, METRICS, SiteHello
+from fedmed.fl.wire.messages import CONFIG, EVALUATE, GLOBAL, HELLO, LAYOUT_KEY, SiteHello
+from fedmed.fl.wire.replies import metric, per_class
 from fedmed.inference.card import write_model_card
 from fedmed.models import build_model, trainable_state
-from fedmed.train.centralized import mean_over_sites
 
 logger = logging.getLogger("fedmed.fl.server")
 
@@ -53,7 +53,8 @@ __all__ = ["Federation", "FederationError", "RoundFailed", "round_instructions",
 def make_aggregator(plan: RunPlan, exchange: Exchange) -> Aggregator:
     """The plan's aggregator: secure (with the roster it names) or plain."""
     if not plan.secure_aggregation.enabled:
-        return PlainAggregator(exchange, min_clients=plan.federation.min_clients)
+        return PlainAggregator(exchange, min_clients=plan.federation.min_clients,
+                               weighting=plan.secure_aggregation.weighting)
     if not plan.roster:
         raise FederationError("secure aggregation needs the roster of enrolled sites (the plan's `roster` file)")
     try:
@@ -62,6 +63,15 @@ def make_aggregator(plan: RunPlan, exchange: Exchange) -> Aggregator:
         raise FederationError(str(error)) from None
     return SecureAggregator(exchange, plan.secure_aggregation, roster, name=plan.name,
                             min_clients=plan.federation.min_clients)
+
+
+def mean_of(sites: dict[str, dict], key: str) -> float:
+    """The mean of `key` over sites, weighted by their validation cases where they send them (a
+    mean over every case, as a site's own is), skipping NaN; NaN for no site."""
+    pairs = [(m[key], m.get("cases") or 1) for m in sites.values()
+             if m.get(key) is not None and not math.isnan(m[key])]
+    total = sum(weight for _, weight in pairs)
+    return sum(value * weight for value, weight in pairs) / total if total else math.nan
 
 
 def round_instructions(plan: RunPlan, round: int, *, num_classes: int, num_clients: int) -> Instructions:
@@ -219,8 +229,7 @@ class Federation:
         train, samples, failures = collected.train, collected.samples, collected.failures
         sites = {}
         for name in self.sites:
-            metrics = dict(evaluation.replies[name][METRICS]) if name in evaluation.replies else {}
-            train_metrics = dict(train.replies[name][METRICS]) if name in train.replies else {}
+            answer, trained = evaluation.replies.get(name, RecordDict()), train.replies.get(name, RecordDict())
             protocol = collected.protocol_bytes.get(name, {})
             bytes_of = {"train_received": train.received.get(name, 0), "train_sent": train.sent.get(name, 0),
                         "evaluate_received": evaluation.received.get(name, 0),
@@ -228,13 +237,12 @@ class Federation:
             if collected.secure is not None:
                 bytes_of.update(secagg_received=protocol.get("received", 0), secagg_sent=protocol.get("sent", 0))
             sites[name] = {
-                "dice": metrics.get("dice", math.nan), "prompt": "none",
-                "dice_per_class": {k.removeprefix("dice/"): v for k, v in metrics.items() if k.startswith("dice/")},
-                "dice_oracle_boxes": metrics.get("dice-oracle-boxes"), "loss": metrics.get("loss", math.nan),
-                "cases": int(metrics.get("cases", 0)), "samples": int(metrics.get("num-examples", 0)),
-                "train_loss": train_metrics.get("train-loss") if name in samples else None,
-                "train_samples": samples.get(name, 0),
-                "epsilon": train_metrics.get("epsilon"), "delta": train_metrics.get("delta"),
+                "dice": metric(answer, "dice", math.nan), "prompt": "none", "dice_per_class": per_class(answer),
+                "dice_oracle_boxes": metric(answer, "dice_oracle_boxes"), "loss": metric(answer, "loss"),
+                "cases": metric(answer, "cases"), "samples": metric(answer, "num_examples"),
+                "train_loss": metric(trained, "train_loss") if name in samples else None,
+                "train_samples": samples.get(name),
+                "epsilon": metric(trained, "epsilon"), "delta": metric(trained, "delta"),
                 "status": ("trained" if name in samples else "failed" if name in failures
                            else "holdout" if name == self.plan.holdout else "not chosen"),
                 "error": failures.get(name) or evaluation.failures.get(name),
@@ -242,10 +250,10 @@ class Federation:
                 "bytes_sent": sum(v for k, v in bytes_of.items() if k.endswith("_sent")),
                 "bytes": bytes_of,
             }
-        training = {n: m for n, m in sites.items() if n != self.plan.holdout and m["samples"]}
+        training = {n: m for n, m in sites.items() if n != self.plan.holdout and n in evaluation.replies}
         record = {
             "round": round,
-            "mean_dice": mean_over_sites(training, "dice") if training else math.nan,
+            "mean_dice": mean_of(training, "dice"),
             "trained": sorted(samples),
             "failed": dict(sorted(failures.items())),
             "sites": sites,
@@ -253,7 +261,7 @@ class Federation:
         }
         oracle = {n: m for n, m in training.items() if m["dice_oracle_boxes"] is not None}
         if oracle:
-            record["mean_dice_oracle_boxes"] = mean_over_sites(oracle, "dice_oracle_boxes")
+            record["mean_dice_oracle_boxes"] = mean_of(oracle, "dice_oracle_boxes")
         if collected.secure is not None:
             record["secagg"] = collected.secure
         if self.plan.holdout is not None:

@@ -40,7 +40,8 @@ from fedmed.fl.server.aggregation import Collected, Exchanged, RoundFailed, too_
 from fedmed.fl.server.exchange import Exchange
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.fl.wire.layout import FLAT, Layout
-from fedmed.fl.wire.messages import GLOBAL, METRICS, SECAGG, SECAGG_KEY, SECAGG_ROUND, TRAIN, SiteHello, refusal_reason
+from fedmed.fl.wire.messages import GLOBAL, SECAGG, SECAGG_KEY, SECAGG_ROUND, TRAIN, SiteHello, refusal_reason
+from fedmed.fl.wire.replies import metric
 from fedmed.fl.wire.secagg import StageMissingError, round_config, stage_bytes, stage_record
 from fedmed.fl.wire.transcript import RoundTranscript, Weighting, vector_sha256
 from secure_agg import ConfigError, ProtocolError, SecAggConfig, ServerSession, Stage, unpack_weighted
@@ -56,13 +57,6 @@ def mean_error_bound(config: SecAggConfig, *, weight_fraction: float, max_abs_me
     if denominator <= 0:
         return math.inf
     return (clip + max_abs_mean) * n / denominator
-
-
-def _samples(reply: RecordDict | None) -> int:
-    """The training samples a site reports in its train reply (0 if it reports none)."""
-    metrics = reply.get(METRICS) if isinstance(reply, RecordDict) else None
-    value = metrics.get("num-examples") if metrics is not None else None
-    return int(value) if isinstance(value, (int, float)) and value >= 0 else 0
 
 
 class SecureAggregator:
@@ -132,7 +126,7 @@ class SecureAggregator:
                    content: RecordDict) -> RoundTranscript:
         """The round as every participant must see it (`content`: the train message they will get)."""
         rule = self.section.weighting
-        weighting = Weighting(rule=rule, max_weight=float(max(h.num_train for h in chosen.values()))
+        weighting = Weighting(rule=rule, max_weight=float(max(h.num_train or 1 for h in chosen.values()))
                               if rule == "samples" else 1.0)
         return RoundTranscript(run_id=self.run_id, round=round, roster=self.roster.digest,
                                participants=tuple(participants), config=config, weighting=weighting,
@@ -164,10 +158,11 @@ class SecureAggregator:
             raise too_few(round, len(survivors), len(names), self.min_clients, failures, "in the secure sum")
         mean, weight = unpack_weighted(result.total, max_weight=max_weight, clip=config.clip)
         weight = float(weight)  # plain floats: the round record goes into checkpoints (torch weights_only)
-        samples = {name: _samples(train.replies.get(name)) for name in survivors}
-        expected = sum(weighting.weight_of(n) for n in samples.values())
+        samples = {name: metric(train.replies[name], "num_examples") if name in train.replies else None
+                   for name in survivors}
+        expected = sum(weighting.weight_of(n) for n in samples.values() if n is not None)
         slack = len(names) * max_weight / (config.clip * config.scale)
-        if abs(weight - expected) > slack + 1e-6:
+        if None not in samples.values() and abs(weight - expected) > slack + 1e-6:
             logger.warning("round %d: the sites' reported training samples give a total weight of %.1f, their "
                            "masked weights sum to %.1f", round, expected, weight)
         late = {name: failures.pop(name) for name in survivors if name in failures}

@@ -3,8 +3,8 @@
 `check_update(content, layout, site=...)` returns the update vector and its training-sample weight,
 or raises `UpdateRejected` listing every reason at once: a missing or unknown record or array, a
 layout (tensor names, shapes, order) other than the model's, a dtype or size other than float32 x
-trainable parameters, bytes that do not decode, NaN or Inf values, a weight that is not a positive
-whole number of samples.
+trainable parameters, bytes that do not decode, NaN or Inf values, a sample count (where the site
+sends one) that is not a positive whole number.
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ def _vector(record: object, layout: Layout, reasons: list[str]) -> np.ndarray | 
     return vector
 
 
-def check_update(content: RecordDict, layout: Layout, *, site: str) -> tuple[np.ndarray, int]:
-    """The update vector and sample count of a train reply, or `UpdateRejected` with every reason."""
+def check_update(content: RecordDict, layout: Layout, *, site: str) -> tuple[np.ndarray, int | None]:
+    """The update vector and sample count of a train reply (None: the site's release manifest
+    withholds it), or `UpdateRejected` with every reason."""
     reasons: list[str] = []
     config = content.get(LAYOUT_KEY) if isinstance(content, RecordDict) else None
     digest = config.get("digest") if isinstance(config, ConfigRecord) else None
@@ -68,10 +69,11 @@ def check_update(content: RecordDict, layout: Layout, *, site: str) -> tuple[np.
         reasons.append("tensor names, shapes or order differ from the model's (layout digest mismatch)")
     vector = _vector(content.get(UPDATE) if isinstance(content, RecordDict) else None, layout, reasons)
     metrics = content.get(METRICS) if isinstance(content, RecordDict) else None
-    samples = metrics.get("num-examples") if isinstance(metrics, MetricRecord) else None
-    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-        if not (isinstance(samples, float) and math.isfinite(samples) and samples >= 1 and samples.is_integer()):
-            reasons.append(f"num-examples must be a positive whole number, got {samples!r}")
+    samples = metrics.get("num_examples") if isinstance(metrics, MetricRecord) else None
+    whole = (isinstance(samples, int) and not isinstance(samples, bool)) or (
+        isinstance(samples, float) and math.isfinite(samples) and samples.is_integer())
+    if samples is not None and not (whole and samples >= 1):
+        reasons.append(f"num_examples must be a positive whole number, got {samples!r}")
     if reasons or vector is None:
         raise UpdateRejected(site, reasons)
-    return vector, int(samples)
+    return vector, None if samples is None else int(samples)

@@ -23,7 +23,9 @@ from fedmed.fl.site.session import SiteSession
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.fl.wire.layout import Layout
 from policies import (
+    Policy,
     PolicyViolationError,
+    Violation,
     RoundRequest,
     ServerInfo,
     check_round,
@@ -47,6 +49,18 @@ def round_request(instructions: Instructions, server: ServerInfo, *, layout: Lay
         secure_aggregation=instructions.secure_aggregation, training=instructions.training,
         privacy=instructions.privacy, server=server, round=instructions.round, num_clients=instructions.num_clients,
         local_samples=local_samples, expected_bytes=4 * layout.numel)
+
+
+def manifest_violations(policy: Policy, instructions: Instructions) -> list[Violation]:
+    """Whether the policy's release manifest lets this round's update leave at all."""
+    treatment = policy.release.treatment("train", "update")
+    if treatment == "withheld":
+        return [Violation(rule="release.train.update", field="update",
+                          message="this site's release manifest sends no training update")]
+    if treatment == "dp" and instructions.privacy.mode == "none":
+        return [Violation(rule="release.train.update", field="dp.mode",
+                          message="this site's release manifest sends the update only under differential privacy")]
+    return []
 
 
 def _unusable(error: Exception) -> str:
@@ -77,6 +91,7 @@ def admit_round(session: SiteSession) -> SitePrivacy | None:
                              [_unusable(error)]) from None
     projected = privacy.project() if privacy else None
     violations = check_round(policy, session.request, epsilon_projected=projected) if policy else []
+    violations += manifest_violations(policy, instructions) if policy else []
     session.decide("instructions", violations)
     budget = privacy.budget if privacy else None
     over = [] if budget is None or projected <= budget else [
@@ -90,3 +105,26 @@ def admit_round(session: SiteSession) -> SitePrivacy | None:
                        f"budget {budget:g} at delta {privacy.ledger.delta:.3g}; nothing was trained)")
         raise session.refuse(reason, [str(v) for v in violations] or over)
     return privacy
+
+
+EVALUATION_RULES = ("allowed_methods", "tensors.", "servers.")  # what an evaluation's answer depends on
+
+
+def admit_evaluation(session: SiteSession) -> None:
+    """Check an evaluate message before the model runs: its method, tensors and server, as for
+    training (the model it would score is the server's: the site scores only models it would train);
+    the audited `RoundRefused` if the policy forbids them."""
+    policy = session.policy
+    if policy is None:
+        return
+    try:
+        request = round_request(session.instructions, session.settings.own_server(), layout=session.layout,
+                                local_samples=len(session.data.train))
+    except ValidationError as error:
+        session.decide("evaluation", [error])
+        raise session.refuse(f"{session.party} declines to evaluate: {_unusable(error)}", [_unusable(error)]) from None
+    violations = [v for v in check_round(policy, request) if v.rule.startswith(EVALUATION_RULES)]
+    session.decide("evaluation", violations)
+    if violations:
+        error = PolicyViolationError(policy.name, violations, stage="evaluation", round=session.round)
+        raise session.refuse(f"{session.party}: {error}", [str(v) for v in violations])

@@ -203,8 +203,9 @@ def _agree_to_sum(session: SiteSession, message: Message, transcript: RoundTrans
         raise session.refuse("; ".join(reasons), reasons)
 
 
-def answer_stage(session: SiteSession, content: RecordDict) -> RecordDict:
-    """Answer one `query.secagg` message (any stage but the masked input, which the train reply carries)."""
+def answer_stage(session: SiteSession, content: RecordDict) -> ArrayRecord:
+    """Answer one `query.secagg` message (any stage but the masked input, which the train reply
+    carries): the reply's protocol message."""
     context, who = _context(session), enrolment(session)
     message = _stage(session, content, "the query.secagg message")
     if isinstance(message, SharesForward):
@@ -226,7 +227,7 @@ def answer_stage(session: SiteSession, content: RecordDict) -> RecordDict:
         releases(session).record_sum(transcript.roster, session=transcript.session_id,
                                      global_sha256=transcript.global_sha256,
                                      survivors=tuple(sorted(message.survivors)), dp=_private(transcript))
-    return RecordDict({SECAGG_KEY: stage_record(reply.to_bytes())})
+    return stage_record(reply.to_bytes())
 
 
 class SecureRelease:

@@ -17,20 +17,23 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import Context, MetricRecord, RecordDict
+from flwr.app import Context, RecordDict
 
 from fedmed import __version__
 from fedmed.fl.site import training
-from fedmed.fl.site.admission import admit_round
+from fedmed.fl.site.admission import admit_evaluation, admit_round
 from fedmed.fl.site.journal import journal
 from fedmed.fl.site.masking import SecureRelease, answer_stage, hello_identity
-from fedmed.fl.site.release import release
+from fedmed.fl.site.release import outgoing, release
+from fedmed.fl.site.releases import ReleaseMemory
 from fedmed.fl.site.runtime import SiteRuntime
 from fedmed.fl.site.session import MessageKind, SiteSession
 from fedmed.fl.site.settings import SiteSettings
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.fl.wire.layout import pack, read_vector
-from fedmed.fl.wire.messages import GLOBAL, LAYOUT_KEY, METRICS, REFUSAL, SECAGG_KEY, UPDATE, RoundRefused, SiteHello
+from fedmed.fl.wire import replies
+from fedmed.fl.wire.messages import GLOBAL, REFUSAL, SECAGG_KEY, UPDATE, RoundRefused, SiteHello
+from fedmed.fl.wire.transcript import vector_sha256
 from fedmed.inference.card import normalisation_of
 from fedmed.models import DEFAULT_PROMPT, load_trainable_state
 from fedmed.train import resolve_device
@@ -49,10 +52,11 @@ def _load_global(session: SiteSession, content: RecordDict) -> np.ndarray:
 def hello(session: SiteSession, content: RecordDict) -> RecordDict:
     session.prepare(Instructions.from_content(content), own_classes=True)
     data = session.data
-    return SiteHello(name=data.name, num_train=len(data.train), num_val=len(data.val), num_classes=data.num_classes,
-                     class_names=tuple(data.class_names), normalisation=normalisation_of(data),
-                     layout=session.layout.digest, fedmed=__version__,
-                     identity=hello_identity(session.settings)).record()
+    fields = {"name": data.name, "num_train": len(data.train), "num_val": len(data.val),
+              "num_classes": data.num_classes, "class_names": tuple(data.class_names),
+              "normalisation": normalisation_of(data), "layout": session.layout.digest, "fedmed": __version__,
+              "identity": hello_identity(session.settings)}
+    return SiteHello(**outgoing(session, fields)).record()
 
 
 def train(session: SiteSession, content: RecordDict) -> RecordDict:
@@ -62,41 +66,53 @@ def train(session: SiteSession, content: RecordDict) -> RecordDict:
     secure = SecureRelease.prepare(session, content, start)
     result = training.train_round(session, privacy, start)
     update = training.local_update(session, start)
-    metrics = release(session, privacy, masked=secure is not None)
+    budget = release(session, privacy, masked=secure is not None)
     if secure is not None:
-        key, (payload, _words) = SECAGG_KEY, secure.seal(update)
+        update_record, _words = secure.seal(update)
+        update_field = (SECAGG_KEY, update_record)
     else:
-        key, payload = UPDATE, pack(update)
+        update_field = (UPDATE, pack(update))
     logger.info("%s: round %d trained on %d samples, loss %.4f", session.party, session.round,
                 len(session.data.train), result.loss)
-    return RecordDict({
-        key: payload, LAYOUT_KEY: session.layout.record(),
-        METRICS: MetricRecord({"num-examples": len(session.data.train), "train-loss": float(result.loss),
-                               "steps": result.steps, **metrics}),
-    })
+    return replies.content(outgoing(session, {
+        "update": update_field, "layout": session.layout.record(), "num_examples": len(session.data.train),
+        "train_loss": float(result.loss), "steps": result.steps, **budget}))
 
 
 def evaluate(session: SiteSession, content: RecordDict) -> RecordDict:
     """The global model on the site's validation split, as inference would run it (no prompt); a
-    model trained with boxes is also scored with boxes cut from the ground truth, in its own field."""
+    model trained with boxes is also scored with boxes cut from the ground truth, in its own field.
+    Admitted like training (`admit_evaluation`); a global model is scored once (asked again, the
+    site sends the answer it kept: `fedmed.fl.site.releases`)."""
     session.prepare(Instructions.from_content(content))
-    _load_global(session, content)
+    start = _load_global(session, content)
+    admit_evaluation(session)
+    memory = ReleaseMemory(session.state_dir) if session.state_dir is not None else None
+    digest = vector_sha256(start)
+    if memory is not None and (kept := memory.evaluation(digest)) is not None:
+        return replies.content(kept)
     data, device = session.data, resolve_device(session.settings.device)
     batch = session.instructions.training.batch_size
     result = validate(session.model, data.val, class_names=data.class_names, prompt="none", batch_size=batch,
                       device=device)
-    metrics = {"dice": result.dice, "loss": result.loss, "cases": result.cases, "num-examples": result.samples,
-               **{f"dice/{name}": value for name, value in result.per_class.items()}}
+    fields = {"dice": result.dice, "dice_per_class": result.per_class, "loss": result.loss, "cases": result.cases,
+              "num_examples": result.samples}
     if DEFAULT_PROMPT[session.instructions.model.method] == "box":
-        oracle = validate(session.model, data.val, class_names=data.class_names, prompt="oracle-boxes",
-                          batch_size=batch, device=device)
-        metrics["dice-oracle-boxes"] = oracle.dice
+        fields["dice_oracle_boxes"] = validate(session.model, data.val, class_names=data.class_names,
+                                               prompt="oracle-boxes", batch_size=batch, device=device).dice
     session.model.to("cpu")
-    return RecordDict({METRICS: MetricRecord({k: float(v) if isinstance(v, float) else v for k, v in metrics.items()})})
+    answer = outgoing(session, fields)
+    if memory is not None:
+        memory.remember_evaluation(digest, answer)
+    return replies.content(answer)
+
+
+def secure_stage(session: SiteSession, content: RecordDict) -> RecordDict:
+    return replies.content(outgoing(session, {"protocol": answer_stage(session, content)}))
 
 
 STEPS: dict[MessageKind, Callable[[SiteSession, RecordDict], RecordDict]] = {
-    "hello": hello, "train": train, "evaluate": evaluate, "secure aggregation": answer_stage,
+    "hello": hello, "train": train, "evaluate": evaluate, "secure aggregation": secure_stage,
 }
 
 

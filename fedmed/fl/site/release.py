@@ -1,6 +1,9 @@
-"""What may leave a site: the outgoing update tensor by tensor, its privacy, against the site policy.
+"""What may leave a site: every reply reduced to its policy's release manifest, and the outgoing
+update tensor by tensor, with its privacy, against the policy's payload rules.
 
-Runs after training and before anything is masked or sent. The update is summarised as it will
+`outgoing(session, kind, fields)` is the last step of every reply: the manifest (`policies.release`)
+drops what it does not name, buckets counts and rounds metrics where it says. `release` runs after
+training and before anything is masked or sent. The update is summarised as it will
 travel (float32 slices of the flat vector, names as the policy states them) with the epsilon and
 delta the round left in the site's ledger; the policy's payload rules judge it, together with what
 the round request announced, and a site whose policy requires secure aggregation never releases an
@@ -11,6 +14,7 @@ audited and returned as the reply's metrics.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from fedmed.fl.site.admission import policy_names
 from fedmed.fl.site.privacy import SitePrivacy
@@ -20,11 +24,22 @@ from policies import (
     PayloadSummary,
     Policy,
     PolicyViolationError,
+    ReleaseRules,
     RoundRequest,
     TensorSummary,
     Violation,
     check_payload,
+    reduce,
 )
+
+_KINDS = {"hello": "hello", "train": "train", "evaluate": "evaluate", "secure aggregation": "secagg"}
+
+
+def outgoing(session: SiteSession, fields: dict[str, Any]) -> dict[str, Any]:
+    """The session's reply `fields` as its policy's release manifest lets them leave (no policy:
+    every field fedmed sends, as it is)."""
+    rules = session.policy.release if session.policy is not None else ReleaseRules()
+    return reduce(rules, _KINDS[session.kind], fields)
 
 
 def payload_summary(layout: Layout, *, round: int, dp_mode: str, epsilon_after: float | None,
@@ -64,4 +79,4 @@ def release(session: SiteSession, privacy: SitePrivacy | None, *, masked: bool) 
     session.decisions.append(("privacy_budget", dict(
         round=session.round, epsilon_round=report.epsilon_round, epsilon_total=report.epsilon_total,
         delta=report.delta, accountant=report.accountant)))
-    return {"epsilon": report.epsilon_total, "epsilon-round": report.epsilon_round, "delta": report.delta}
+    return {"epsilon": report.epsilon_total, "epsilon_round": report.epsilon_round, "delta": report.delta}

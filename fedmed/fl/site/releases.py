@@ -6,6 +6,8 @@ the victim dropping out). So, per enrolment roster, a site remembers in `<state_
 
 - every secure-aggregation session id it took part in (`admit_session`): a session id is never
   accepted twice, across runs and restarts (old signatures of its peers cannot be replayed into it);
+- every evaluation it answered (`evaluation`, `remember_evaluation`): a global model is scored once;
+  asked again, the site sends the same answer, so repeated asks learn nothing new;
 - every sum it agreed to have unmasked (`record_sum`, when it signs the survivors: from then on the
   server can unmask it): the digest of the global vector the round started from, the survivors, and
   whether the round was differentially private.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -62,6 +65,7 @@ class Memory(BaseModel):
 
     format: str = "fedmed-releases/1"
     rosters: dict[str, RosterMemory] = Field(default_factory=dict)
+    evaluations: dict[str, dict[str, Any]] = Field(default_factory=dict)  # global sha256 -> the answer sent
 
 
 class ReleaseMemory:
@@ -139,4 +143,16 @@ class ReleaseMemory:
             memory = self._read()
             memory.rosters.setdefault(roster, RosterMemory()).sums.append(UnmaskedSum(
                 session=session, global_sha256=global_sha256, survivors=tuple(sorted(survivors)), dp=dp))
+            self._write(memory)
+
+    def evaluation(self, global_sha256: str) -> dict[str, Any] | None:
+        """The answer this site sent for the global model `global_sha256`, if it scored it before."""
+        with self._lock():
+            return self._read().evaluations.get(global_sha256)
+
+    def remember_evaluation(self, global_sha256: str, answer: dict[str, Any]) -> None:
+        """Keep the answer (JSON-ready fields) before it is sent."""
+        with self._lock():
+            memory = self._read()
+            memory.evaluations[global_sha256] = answer
             self._write(memory)

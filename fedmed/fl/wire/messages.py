@@ -69,17 +69,17 @@ class SiteHello(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
-    num_train: int = Field(ge=0)
-    num_val: int = Field(ge=0)
+    num_train: int | None = Field(default=None, ge=0, description="None: withheld by the site's policy")
+    num_val: int | None = Field(default=None, ge=0)
     num_classes: int = Field(ge=2)
     class_names: tuple[str, ...] = ()
-    normalisation: Normalisation
+    normalisation: Normalisation | None = None
     layout: str = Field(description="the digest of the site's trainable layout")
-    fedmed: str = Field(description="the site's fedmed version")
+    fedmed: str | None = Field(default=None, description="the site's fedmed version")
     identity: str = Field(default="", description="Ed25519 public key (hex) for secure aggregation, if any")
 
     def record(self) -> RecordDict:
-        return RecordDict({SITE: ConfigRecord({"json": self.model_dump_json()})})
+        return RecordDict({SITE: ConfigRecord({"json": self.model_dump_json(exclude_none=True)})})
 
     @classmethod
     def from_content(cls, content: RecordDict) -> SiteHello:

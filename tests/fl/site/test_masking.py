@@ -101,7 +101,8 @@ def to_shares(federation, script: RoundTranscript, ctxs) -> dict[int, RecordDict
     server, requests = setups(federation, script)
     for _ in range(2):
         for c, content in requests.items():
-            server.receive(stage_bytes(answer_stage(session(settings[c - 1], ctxs[c]), content), "reply"))
+            server.receive(stage_bytes(RecordDict({SECAGG_KEY: answer_stage(session(settings[c - 1], ctxs[c]), content)}),
+                                       "reply"))
         requests = {c: RecordDict({SECAGG_KEY: stage_record(m.to_bytes())}) for c, m in server.advance().items()}
     return requests
 
