@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def round_messages(arch: str, method: str, seed: int = 0) -> dict:
     vector = rng.standard_normal(layout.numel, dtype=np.float32)
     update = rng.standard_normal(layout.numel, dtype=np.float32) * 1e-3
     instructions = round_instructions(make_plan(model={"arch": arch, "method": method}), 1, num_classes=2,
-                                      num_clients=3)
+                                      num_clients=3, run_id=os.urandom(16).hex())
     digest = layout.record()
 
     def size(content: RecordDict, message_type: str) -> int:
@@ -81,7 +82,7 @@ def round_messages(arch: str, method: str, seed: int = 0) -> dict:
             {"num-examples": 64, "train-loss": 0.5, "steps": 8})}), TRAIN),
         "evaluate_request": size(request, EVALUATE),
         "evaluate_reply": size(RecordDict({METRICS: MetricRecord({"dice": 0.5, "iou": 0.4, "hd95": 9.0, "loss": 0.6,
-                                                                  "num-examples": 16})}), EVALUATE),
+                                                                  "num_examples": 16})}), EVALUATE),
     }
     floor = layout.numel * 4
     overheads = {k: sizes[k] - floor for k in ("train_request", "train_reply", "evaluate_request")}

@@ -29,7 +29,7 @@ ReplyKind = Literal["hello", "train", "secagg", "evaluate"]
 # What each reply of a fedmed site can carry.
 FIELDS: dict[str, tuple[str, ...]] = {
     "hello": ("name", "num_train", "num_val", "num_classes", "class_names", "normalisation", "layout", "fedmed",
-              "identity"),
+              "identity", "audit_head"),
     "train": ("update", "layout", "num_examples", "train_loss", "steps", "epsilon", "epsilon_round", "delta",
               "audit_head"),
     "secagg": ("protocol", "audit_head"),  # keys, encrypted shares, signatures, unmasking shares

@@ -48,6 +48,9 @@ def simulate(
     no_secure_agg: bool = typer.Option(False, "--no-secure-agg",
                                        help="send plain updates: the server sees every site's update"),
     policy: str = typer.Option("strict", help="every site's policy: strict, balanced, research or a TOML file"),
+    state_dir: Optional[Path] = typer.Option(None, help="the sites' own state (privacy ledgers, keys, splits) for a "
+                                             "data folder [default: ~/.fedmed, as fedmed client; synthetic "
+                                             "sites: OUT/state]"),
     dp: Optional[str] = typer.Option(None, help="none, sample (DP-SGD) or client [default: the config's, else sample]"),
     epsilon: Optional[float] = typer.Option(None, help="each site's DP target epsilon over the run [default: 8]"),
     verbose: bool = typer.Option(False, "--verbose", help="Flower's and Ray's logs too"),
@@ -76,7 +79,9 @@ def simulate(
             privacy=override_privacy(base.privacy, mode=dp, epsilon=epsilon),
             out=str(out or Path("runs") / plan_name), num_clients=len(sites), holdout=holdout,
             round_timeout=round_timeout)
-        plan, sites = prepare_simulation(plan, sites, policy=policy)
+        if state_dir is None and data != "synthetic":
+            state_dir = Path.home() / ".fedmed"  # a data folder's budget outlives the run folder
+        plan, sites = prepare_simulation(plan, sites, policy=policy, state_dir=state_dir)
     except (ValueError, SimulationError) as error:
         fail(describe(error))
     run_dir = Path(plan.out)

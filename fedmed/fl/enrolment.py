@@ -5,7 +5,8 @@
     identity, roster = load_identity("site-a.key"), Roster.load("roster.json")
 
 Every site signs its secure-aggregation messages with its identity key, and every party checks
-them against the roster. The roster must reach each site and the server out of band (a file the
+them against the roster. The roster may also carry every party's audit key (`audit_keys`, the
+server's too): what anchors each audit log and the log heads the parties witness of each other. The roster must reach each site and the server out of band (a file the
 consortium hands out at enrolment), never through the federation: a server that could edit it
 could enrol clients of its own and undo the masking. Secure-aggregation client ids are 1..n in
 the sorted order of the roster's labels, so all parties derive the same ids from the same file.
@@ -41,6 +42,8 @@ class Roster(BaseModel):
 
     format: Literal["fedmed-roster/1"] = ROSTER_FORMAT
     sites: dict[str, str] = Field(min_length=2)
+    audit_keys: dict[str, str] = Field(default_factory=dict, description="audit party -> its audit log's "
+                                       "Ed25519 public key (hex): the anchor of its log and of its log heads")
 
     @field_validator("sites")
     @classmethod
@@ -62,6 +65,15 @@ class Roster(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return {label: sites[label].lower() for label in sorted(sites)}
+
+    @field_validator("audit_keys")
+    @classmethod
+    def _audit_keys(cls, keys: dict[str, str]) -> dict[str, str]:
+        bad = [party for party, key in keys.items() if len(key) != 64 or any(c not in "0123456789abcdefABCDEF"
+                                                                           for c in key)]
+        if bad:
+            raise ValueError(f"audit keys of {', '.join(bad)}: an audit key must be 64 hex digits")
+        return {party: keys[party].lower() for party in sorted(keys)}
 
     @property
     def ids(self) -> dict[int, bytes]:
@@ -130,9 +142,11 @@ def load_identity(path: str | Path) -> KeyPair:
                    key.public_key().public_bytes(raw, serialization.PublicFormat.Raw))
 
 
-def enrol_sites(directory: str | Path, labels: list[str]) -> tuple[list[Path], Path]:
-    """Identity files `DIR/<label>.key` and `DIR/roster.json` for a simulation's sites; existing
-    ones are kept (a resumed simulation keeps its enrolment). Returns (key paths, roster path)."""
+def enrol_sites(directory: str | Path, labels: list[str], *,
+                audit_keys: dict[str, str] | None = None) -> tuple[list[Path], Path]:
+    """Identity files `DIR/<label>.key` and `DIR/roster.json` for a simulation's sites (with the
+    parties' `audit_keys`, party -> hex, if given); existing keys are kept (a resumed simulation
+    keeps its enrolment). Returns (key paths, roster path)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     keys, public = [], {}
@@ -141,7 +155,7 @@ def enrol_sites(directory: str | Path, labels: list[str]) -> tuple[list[Path], P
         public[label] = (load_identity(path).public if path.exists() else create_identity(path)).hex()
         keys.append(path)
     roster_path = directory / "roster.json"
-    roster = Roster(sites=public)
+    roster = Roster(sites=public, audit_keys=audit_keys or {})
     if not roster_path.exists() or Roster.load(roster_path) != roster:
         roster.save(roster_path)
     return keys, roster_path

@@ -81,6 +81,7 @@ def dp_train_local(
     ledger: PrivacyLedger | None,
     *,
     round: int | None = None,
+    study: str | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[TrainResult, PrivacyReport | None]:
     """Train one round under `dp_config`; returns the training result and what the round spent.
@@ -101,4 +102,4 @@ def dp_train_local(
                               seed=dp_config.seed, on_step=on_step)
     else:
         result = _train_client_level(model, dataset, train_config, plan, dp_config.seed, on_step)
-    return result, ledger.record_round(**plan.entry, round=round)
+    return result, ledger.record_round(**plan.entry, round=round, study=study)

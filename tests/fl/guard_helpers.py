@@ -13,7 +13,7 @@ from fl_helpers import plan_of
 from fedmed.config import ModelSpec, SecureAggregationSection
 from fedmed.fl.enrolment import enrol_sites
 from fedmed.fl.launch.inprocess import InProcessGrid
-from fedmed.fl.launch.simulation import prepare_simulation
+from fedmed.fl.launch.simulation import audit_keys_of, prepare_simulation
 from fedmed.fl.plan import RunPlan
 from fedmed.fl.site.client_app import make_client_app
 from fedmed.fl.site.settings import SiteSettings
@@ -39,7 +39,9 @@ def guarded_sites(out: Path, policy: str | None, *, sites: int = 3, **changes) -
 def secure(plan: RunPlan, sites: list[SiteSettings]) -> tuple[RunPlan, list[SiteSettings]]:
     """The plan and sites of a secure-aggregation run (the sites enrolled in `<out>/enrolment`)."""
     section = SecureAggregationSection(**{**plan.secure_aggregation.model_dump(), **SECURE})
-    keys, roster = enrol_sites(Path(plan.out) / "enrolment", [f"partition-{k}" for k in range(len(sites))])
+    audit_keys = audit_keys_of(Path(plan.out), Path(sites[0].state_dir), sites) if sites[0].state_dir else {}
+    keys, roster = enrol_sites(Path(plan.out) / "enrolment", [f"partition-{k}" for k in range(len(sites))],
+                               audit_keys=audit_keys)
     return (plan.model_copy(update={"secure_aggregation": section, "roster": str(roster)}),
             [replace(site, identity=str(key), roster=str(roster)) for site, key in zip(sites, keys)])
 

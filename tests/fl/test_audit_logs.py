@@ -3,12 +3,13 @@ server's entry by entry, masked updates included; bytes changed in transit are c
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
-from audit import reconcile, tensor_digest, verify
+from audit import AuditRoster, reconcile, tensor_digest, verify
 from fedmed.fl.server.rounds import run_federation
 from fedmed.fl.wire.layout import Layout, pack
 from fedmed.fl.wire.messages import GLOBAL, TRAIN, UPDATE
@@ -56,8 +57,26 @@ def test_a_site_logs_its_masked_update_tensor_by_tensor_and_its_budget(strict_ru
     assert decisions == [("instructions", True), ("instructions", True), ("payload", True),  # setup, train
                          ("survivors", True), ("survivors", True),  # before signing them, before unmasking
                          ("evaluation", True)]
-    # the setup, the train message, the consistency check, the unmasking and the evaluation
-    assert [e["body"]["status"] for e in entries(log, "run_end")] == ["completed"] * 5
+    # every message carries the server's log head, which the site witnesses: hello, the setup, the key
+    # exchange, the train message, the consistency check, the unmasking and the evaluation
+    assert [e["body"]["status"] for e in entries(log, "run_end")] == ["completed"] * 7
+    assert len(entries(log, "witness")) == 7
+
+
+def test_a_site_log_cut_at_a_message_boundary_is_caught_by_the_heads_the_server_witnessed(strict_run, tmp_path):
+    out, _ = strict_run
+    roster = AuditRoster.load(out / "enrolment" / "roster.json")  # anchors every party's audit key
+    whole = reconcile(out / "audit" / "site-0.jsonl", out / "audit" / "server.jsonl", roster=roster)
+    assert whole.ok and whole.site_completeness.status == "proved" and not whole.other_runs, whole.summary()
+    assert whole.site_completeness.proved_to == whole.site_verification.entries  # the whole site log
+    lines = (out / "audit" / "site-0.jsonl").read_text().splitlines(keepends=True)
+    ends = [i for i, line in enumerate(lines) if json.loads(line)["kind"] == "run_end"]
+    cut = tmp_path / "site-0.jsonl"
+    cut.write_text("".join(lines[: ends[2] + 1]))  # whole messages only: the log alone looks closed
+    (tmp_path / "site-0.pub").write_bytes((out / "audit" / "site-0.pub").read_bytes())
+    assert verify(cut, roster=roster).ok  # every entry that is there is intact ...
+    report = reconcile(cut, out / "audit" / "server.jsonl", roster=roster)
+    assert not report.ok and "truncated" in [gap.problem for gap in report.site_completeness.gaps], report.summary()
 
 
 def test_bytes_changed_in_transit_do_not_reconcile(tmp_path):

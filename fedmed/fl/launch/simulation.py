@@ -8,9 +8,17 @@ simulation engine (Ray).
 `prepare_simulation` is the one place a simulated federation is assembled (`fedmed simulate`,
 `fedmed sweep` and the benchmarks use it). It lays a run out as
 
-    DIR/enrolment/<label>.key, roster.json  each site's identity key and the roster (secure aggregation)
+    DIR/enrolment/<label>.key, roster.json  each site's identity key and the roster (secure aggregation),
+                                            which anchors every party's audit key, the server's too
     DIR/audit/<party>.jsonl, <party>.pub    every party's log and public key: publish these
-    DIR/state/<party>/                      private: the audit key (audit.key), a site's privacy ledger
+    DIR/state/server/audit.key              the server's private audit key
+    STATE/<party>/, STATE/ledgers/          a site's own state: its audit and training keys, release
+                                            memory and split; the privacy ledgers of its data
+
+STATE is `DIR/state` for the synthetic federation (its sites are made with the run), and for a data
+folder the site state directory given (`fedmed simulate --state-dir`, default `~/.fedmed`, as
+`fedmed client`'s): the budget belongs to the data, so a new run on the same data spends from the
+same ledger.
 
 The launcher stands in for the consortium at enrolment (labels `partition-<k>`). The simulated
 server is this process (`localhost:simulation`, no transport: TLS is not checked). Each virtual
@@ -33,10 +41,14 @@ from flwr.simulation import run_simulation
 from fedmed.data import scan_data
 from fedmed.fl.enrolment import enrol_sites
 from fedmed.fl.plan import RunPlan
+from audit import PartyKey
+from fedmed.fl.server.journal import server_log_paths
 from fedmed.fl.server.run_dir import RunDir
 from fedmed.fl.server.server_app import make_server_app
 from fedmed.fl.site.client_app import make_client_app
+from fedmed.fl.site.runtime import site_name
 from fedmed.fl.site.settings import SIMULATION_SERVER, SiteSettings
+from fedmed.fl.wire.tensors import SERVER_PARTY, party_name
 from policies import builtin_names, load_policy
 
 
@@ -60,13 +72,15 @@ def simulation_sites(data: str, *, clients: int | None = None, samples_per_site:
     return [SiteSettings(data=str(Path(data).resolve()), partition=k, device=device) for k in range(len(scan.sites))]
 
 
-def prepare_simulation(plan: RunPlan, sites: list[SiteSettings], *, policy: str | None,
-                       audit: bool = True) -> tuple[RunPlan, list[SiteSettings]]:
+def prepare_simulation(plan: RunPlan, sites: list[SiteSettings], *, policy: str | None, audit: bool = True,
+                       state_dir: str | Path | None = None) -> tuple[RunPlan, list[SiteSettings]]:
     """`plan` and `sites` as a consortium would set them up: with secure aggregation on, every site
-    enrolled (its identity key and the roster) and the plan given the roster; each site with
-    `policy` (a built-in name or a TOML path; None: no policy), its audit log in `DIR/audit` (unless
-    `audit` is false) and its private state in `DIR/state`. `SimulationError` if it cannot run."""
+    enrolled (its identity key, the roster with every party's audit key) and the plan given the
+    roster; each site with `policy` (a built-in name or a TOML path; None: no policy), its audit log
+    in `DIR/audit` (unless `audit` is false) and its private state in `state_dir` (default
+    `DIR/state`). `SimulationError` if it cannot run."""
     out = Path(plan.out).resolve()
+    state = Path(state_dir).expanduser().resolve() if state_dir is not None else out / "state"
     if policy is not None:
         load_policy(policy)  # a bad name or file stops the run before anything starts, naming the problem
         if policy not in builtin_names() and Path(policy).expanduser().is_file():
@@ -76,12 +90,24 @@ def prepare_simulation(plan: RunPlan, sites: list[SiteSettings], *, policy: str 
         if len(sites) - (1 if plan.holdout else 0) < 2:
             raise SimulationError("secure aggregation needs at least 2 training sites (a sum of one update is no "
                                   "secret); turn it off to train with fewer")
-        keys, roster = enrol_sites(out / "enrolment", [f"partition-{k}" for k in range(len(sites))])
+        audit_keys = audit_keys_of(out, state, sites) if audit else {}
+        keys, roster = enrol_sites(out / "enrolment", [f"partition-{k}" for k in range(len(sites))],
+                                   audit_keys=audit_keys)
         sites = [replace(site, identity=str(key), roster=str(roster)) for site, key in zip(sites, keys)]
     sites = [replace(site, policy=policy, audit_dir=str(out / "audit") if audit else None,
-                     state_dir=str(out / "state"), server_address=SIMULATION_SERVER, server_tls=None)
+                     state_dir=str(state), server_address=SIMULATION_SERVER, server_tls=None)
              for site in sites]
     return plan.model_copy(update={"roster": str(roster) if roster else None}), sites
+
+
+def audit_keys_of(out: Path, state: Path, sites: list[SiteSettings]) -> dict[str, str]:
+    """Every party's audit key, made now if new where each party keeps it (the server's in the run
+    folder `out`, each site's in its state folder `state`): party -> public key (hex), for the roster."""
+    keys = {SERVER_PARTY: PartyKey.load_or_create(server_log_paths(out)[1])}
+    for site in sites:
+        party = party_name(site_name(site))
+        keys[party] = PartyKey.load_or_create(state / party / "audit.key")
+    return {party: key.public_bytes.hex() for party, key in keys.items()}
 
 
 def default_cpus_per_site(num_sites: int) -> int:

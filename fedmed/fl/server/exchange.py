@@ -3,8 +3,8 @@
     exchanged = exchange.send(TRAIN, {"site-0": content, ...}, round=3, layout=layout)
 
 Every message goes to the site's node (`nodes`: site name -> Flower node id, known after hello),
-is logged in the server's journal as it leaves and as its reply arrives (`ServerJournal`), and is
-counted in bytes as Flower serialises it (`fedmed.fl.wire.sizes`). A site whose reply is an
+is logged in the server's journal as it leaves (and carries the journal's signed head) and as its
+reply arrives (`ServerJournal`), and is counted in bytes as Flower serialises it (`fedmed.fl.wire.sizes`). A site whose reply is an
 error, or who does not answer within the plan's `round_timeout`, is a failure with its reason.
 """
 
@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 
 from fedmed.fl.server.journal import ServerJournal
 from fedmed.fl.wire.layout import Layout
+from fedmed.fl.wire.replies import with_head
 from fedmed.fl.wire.sizes import message_bytes
 from fedmed.fl.wire.tensors import party_name
 
@@ -43,11 +44,12 @@ class Exchange:
         """Send `contents[site]` to each site (node ids from `nodes`, else the greeted sites) and collect."""
         nodes = nodes if nodes is not None else self.nodes
         ttl = self.timeout * 2 if self.timeout else None
+        if self.journal is not None:
+            head = self.journal.outgoing(round, {party_name(n): c for n, c in contents.items()}, layout)
+            contents = {name: with_head(content, head) for name, content in contents.items()}
         messages = {name: Message(content, dst_node_id=nodes[name], message_type=message_type, group_id=str(round),
                                   ttl=ttl) for name, content in contents.items()}
         by_node = {nodes[name]: name for name in contents}
-        if self.journal is not None:
-            self.journal.outgoing(round, {party_name(n): m for n, m in messages.items()}, layout)
         replies = {}
         for reply in self.grid.send_and_receive(list(messages.values()), timeout=self.timeout):
             name = by_node.get(reply.metadata.src_node_id)

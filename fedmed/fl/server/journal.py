@@ -10,21 +10,30 @@ rounds, setup, evaluation), named as the sites name them (`fedmed.fl.wire.tensor
 
 A round starts with the first message of that round; a site's refusal reply is a `refusal` entry
 naming the site, an error reply an `error` entry. Each batch of messages is one write and fsync.
+
+Logs that prove each other complete (`audit.heads`): every message the server sends carries its
+log's signed head after that batch's entries (`outgoing` returns it), and every reply carrying a
+site's head is witnessed here (a `witness` entry), its signature checked first with the site's
+audit key where the roster anchors one (a head that does not verify is an `error`, never
+witnessed). The sites witness the server's heads likewise.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 
-from audit import AuditLog, tensor_body
+from audit import AuditLog, HeadError, LogHead, check_head, tensor_body
+from fedmed.fl.enrolment import Roster
 from fedmed import __version__
 from fedmed.fl.plan import RunPlan
 from fedmed.fl.wire.layout import Layout
 from fedmed.fl.wire.messages import REFUSAL, refusal_reason, refusal_violations
+from fedmed.fl.wire.replies import audit_head
 from fedmed.fl.wire.tensors import SERVER_PARTY, is_masked, open_log, wire_tensors
 
 
@@ -39,9 +48,12 @@ class ServerJournal:
 
     def __init__(self, log: AuditLog, plan: RunPlan, *, resume: bool):
         self.log, self.method = log, plan.model.method
+        self.audit_keys = Roster.load(plan.roster).audit_keys if plan.roster else {}  # party -> anchored key
+        self.heads: dict[str, LogHead] = {}  # the last head witnessed of each site
+        self.run_id = os.urandom(16).hex()  # the run's id: the sites' logs name it too
         self.rounds_started: set[int] = set()
         self.rounds_completed = 0
-        log.run_start(role="server", software=f"fedmed {__version__}", config={
+        log.run_start(role="server", software=f"fedmed {__version__}", study=plan.name, run_id=self.run_id, config={
             "name": plan.name, "method": plan.model.method, "arch": plan.model.arch, "rounds": plan.rounds,
             "resume": resume, "secure_aggregation": plan.secure_aggregation.model_dump(mode="json"),
             "privacy": plan.privacy.model_dump(mode="json")})
@@ -65,18 +77,34 @@ class ServerJournal:
         finally:
             self.log.close()
 
-    def outgoing(self, round: int, messages: dict[str, Message], layout: Layout | None) -> None:
-        """Log the tensors of `messages` ({peer party: message}) as they go out."""
+    def outgoing(self, round: int, contents: dict[str, RecordDict], layout: Layout | None) -> str:
+        """Log the tensors of `contents` ({peer party: content}) as they go out; returns the log's
+        head after them, which the messages carry."""
         items: list[tuple[str, Any]] = []
-        if round > 0 and round not in self.rounds_started and messages:
+        if round > 0 and round not in self.rounds_started and contents:
             self.rounds_started.add(round)
-            items.append(("round_start", dict(round=round, method=self.method, participants=sorted(messages))))
-        for peer, message in messages.items():
+            items.append(("round_start", dict(round=round, method=self.method, participants=sorted(contents))))
+        for peer, content in contents.items():
             items += [("tensor_sent", tensor_body(round=round, peer=peer, name=name, data=values,
                                                   masked=is_masked(values)))
-                      for name, values in wire_tensors(message.content, layout)]
+                      for name, values in wire_tensors(content, layout)]
         if items:
             self.log.append_many(items)
+        return self.log.head().to_wire()
+
+    def _witness(self, round: int, peer: str, text: str) -> tuple[str, Any]:
+        """The entry for a site's head: `witness` once checked (where its key is anchored), else `error`."""
+        try:
+            head = LogHead.from_wire(text)
+            if head.party != peer:
+                raise HeadError(f"the head names party {head.party!r}")
+            if peer in self.audit_keys:
+                check_head(head, public_key=bytes.fromhex(self.audit_keys[peer]), party=peer,
+                           previous=self.heads.get(peer))
+        except (HeadError, ValueError) as error:
+            return ("error", dict(round=round, error_type="log head", message=f"{peer}: {error}"[:2000]))
+        self.heads[peer] = head
+        return ("witness", head.witness_body(round=round))
 
     def incoming(self, round: int, replies: dict[str, Message], layout: Layout | None) -> None:
         """Log the replies ({peer party: reply}): error replies, refusals, the tensors received."""
@@ -93,5 +121,7 @@ class ServerJournal:
             items += [("tensor_received", tensor_body(round=round, peer=peer, name=name, data=values,
                                                       masked=is_masked(values)))
                       for name, values in wire_tensors(content, layout)]
+            if (head := audit_head(content)) is not None:
+                items.append(self._witness(round, peer, head))
         if items:
             self.log.append_many(items)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 
@@ -50,7 +51,7 @@ logger = logging.getLogger("fedmed.fl.server")
 __all__ = ["Federation", "FederationError", "RoundFailed", "round_instructions", "run_federation"]
 
 
-def make_aggregator(plan: RunPlan, exchange: Exchange) -> Aggregator:
+def make_aggregator(plan: RunPlan, exchange: Exchange, *, run_id: str) -> Aggregator:
     """The plan's aggregator: secure (with the roster it names) or plain."""
     if not plan.secure_aggregation.enabled:
         return PlainAggregator(exchange, min_clients=plan.federation.min_clients,
@@ -61,7 +62,7 @@ def make_aggregator(plan: RunPlan, exchange: Exchange) -> Aggregator:
         roster = Roster.load(plan.roster)
     except EnrolmentError as error:
         raise FederationError(str(error)) from None
-    return SecureAggregator(exchange, plan.secure_aggregation, roster, name=plan.name,
+    return SecureAggregator(exchange, plan.secure_aggregation, roster, run_id=f"{plan.name[:64]}/{run_id}",
                             min_clients=plan.federation.min_clients)
 
 
@@ -74,9 +75,11 @@ def mean_of(sites: dict[str, dict], key: str) -> float:
     return sum(value * weight for value, weight in pairs) / total if total else math.nan
 
 
-def round_instructions(plan: RunPlan, round: int, *, num_classes: int, num_clients: int) -> Instructions:
+def round_instructions(plan: RunPlan, round: int, *, num_classes: int, num_clients: int,
+                       run_id: str) -> Instructions:
     """What the sites of `round` are told: the plan's sections as they are, and the round's numbers."""
-    return Instructions(round=round, num_classes=num_classes, num_clients=num_clients, federation=plan.federation,
+    return Instructions(run_id=run_id, round=round, num_classes=num_classes, num_clients=num_clients,
+                        federation=plan.federation,
                         model=plan.model, training=plan.training, secure_aggregation=plan.secure_aggregation,
                         privacy=plan.privacy)
 
@@ -89,8 +92,9 @@ class Federation:
         self.grid, self.plan, self.journal, self.resume, self.on_round, self.poll_s = (
             grid, plan, journal, resume, on_round, poll_s)
         self.run_dir = RunDir(plan.out)
+        self.run_id = journal.run_id if journal is not None else os.urandom(16).hex()
         self.exchange = Exchange(grid, journal, timeout=plan.round_timeout)
-        self.aggregator = make_aggregator(plan, self.exchange)
+        self.aggregator = make_aggregator(plan, self.exchange, run_id=self.run_id)
         self.strategy = FedAvg()
         self.sites: dict[str, SiteHello] = {}
 
@@ -113,7 +117,7 @@ class Federation:
     def greet(self) -> tuple[dict[str, SiteHello], dict[str, dict[str, int]]]:
         """Ask every node who it is; returns the sites by name and the bytes of the hellos."""
         nodes = {f"node-{n}": n for n in self._wait_for_nodes()}
-        hello = round_instructions(self.plan, 0, num_classes=2, num_clients=len(nodes)).record()
+        hello = round_instructions(self.plan, 0, num_classes=2, num_clients=len(nodes), run_id=self.run_id).record()
         exchanged = self.exchange.send(HELLO, {name: RecordDict({CONFIG: hello}) for name in nodes}, round=0,
                                        nodes=nodes)
         for node, reason in exchanged.failures.items():
@@ -217,7 +221,8 @@ class Federation:
               layout: Layout) -> tuple[np.ndarray, dict]:
         """Train, aggregate and evaluate one round; returns the new global vector and the round's record."""
         chosen = self._choose(trainers, round)
-        instructions = round_instructions(self.plan, round, num_classes=num_classes, num_clients=len(chosen))
+        instructions = round_instructions(self.plan, round, num_classes=num_classes, num_clients=len(chosen),
+                                          run_id=self.run_id)
         collected = self.aggregator.collect(round, {name: self.sites[name] for name in chosen},
                                             self._content(instructions, vector, layout), layout)
         vector = self.strategy.step(vector, collected.mean)

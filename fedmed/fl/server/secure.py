@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import defaultdict
 
@@ -62,10 +61,10 @@ def mean_error_bound(config: SecAggConfig, *, weight_fraction: float, max_abs_me
 class SecureAggregator:
     """Secure rounds of one run: the plan's section and the roster the server was given."""
 
-    def __init__(self, exchange: Exchange, section: SecureAggregationSection, roster: Roster, *, name: str,
+    def __init__(self, exchange: Exchange, section: SecureAggregationSection, roster: Roster, *, run_id: str,
                  min_clients: int):
         self.exchange, self.section, self.roster, self.min_clients = exchange, section, roster, min_clients
-        self.run_id = f"{name[:96]}/{os.urandom(8).hex()}"  # new for every run (a resumed one too)
+        self.run_id = run_id  # new for every run (a resumed one too)
         self.ids: dict[str, int] = {}  # admitted site -> client id
 
     def admit(self, sites: dict[str, SiteHello]) -> dict[str, SiteHello]:

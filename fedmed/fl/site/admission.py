@@ -83,8 +83,10 @@ def admit_round(session: SiteSession) -> SitePrivacy | None:
                                         local_samples=samples)
         config = dp_config(instructions.privacy, planned_rounds=instructions.federation.rounds)
         if config is not None:
-            privacy = SitePrivacy.open(config, state_dir=session.settings.state_dir, party=session.party,
-                                       policy=policy, instructions=instructions, num_samples=samples)
+            privacy = SitePrivacy.open(config, state_dir=session.settings.state_dir,
+                                       dataset=session.runtime.fingerprint, audit=session.audit_files,
+                                       party=session.party, policy=policy, instructions=instructions,
+                                       num_samples=samples)
     except (PrivacySetupError, ValidationError, ValueError) as error:
         session.decide("instructions", [error])
         raise session.refuse(f"{session.party} declines round {round}: {_unusable(error)}",

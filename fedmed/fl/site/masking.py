@@ -96,7 +96,7 @@ def _restore(session: SiteSession, who: Enrolment) -> tuple[ClientSession, Round
         raise session.refuse("no secure-aggregation session: the key stages of this round never reached the site", [])
     state = context.state[STATE]
     transcript = RoundTranscript.model_validate_json(str(state["transcript"]))
-    session.round = transcript.round
+    session.round, session.transcript = transcript.round, transcript
     return ClientSession.restore(bytes(state["session"]), who.identity.private), transcript
 
 
@@ -143,6 +143,7 @@ def _transcript(session: SiteSession, content: RecordDict, setup: Setup, who: En
                         f"names {len(transcript.participants)} participants")
     if problems:
         raise session.refuse("the secure-aggregation setup is inconsistent: " + "; ".join(problems), problems)
+    session.transcript = transcript
     return transcript
 
 

@@ -6,7 +6,8 @@
     secagg:    a secure-aggregation stage (`fedmed.fl.site.masking`)
 
 After every message, whatever happened, its audit entries are written before the reply goes out
-(`fedmed.fl.site.journal`). A step may decline the round by raising `RoundRefused`: the reply is
+(`fedmed.fl.site.journal`), the server's log head the message carries among them, and the reply
+carries the site's log head after them, where its manifest names `audit_head`. A step may decline the round by raising `RoundRefused`: the reply is
 then a `refusal` record saying why. Each step is called once, in this order, and hands what it
 decided to the next through the session; none calls back up.
 """
@@ -22,7 +23,7 @@ from flwr.app import Context, RecordDict
 from fedmed import __version__
 from fedmed.fl.site import training
 from fedmed.fl.site.admission import admit_evaluation, admit_round
-from fedmed.fl.site.journal import journal
+from fedmed.fl.site.journal import journal, witness_server
 from fedmed.fl.site.masking import SecureRelease, answer_stage, hello_identity
 from fedmed.fl.site.release import outgoing, release
 from fedmed.fl.site.releases import ReleaseMemory
@@ -120,8 +121,9 @@ def handle(kind: MessageKind, content: RecordDict, *, settings: SiteSettings, ru
            context: Context | None) -> RecordDict:
     """Answer one message of `kind` (content in, content out); its audit entries are written first."""
     session = SiteSession(settings, runtime, context, kind)
-    reply, error = None, None
+    reply, error, head = None, None, None
     try:
+        witness_server(session, content)
         reply = STEPS[kind](session, content)
     except RoundRefused as refusal:
         reply = RecordDict({REFUSAL: refusal.record()})
@@ -129,5 +131,7 @@ def handle(kind: MessageKind, content: RecordDict, *, settings: SiteSettings, ru
         error = raised
         raise
     finally:
-        journal(session, content, reply, error)
+        head = journal(session, content, reply, error)
+    if head is not None and outgoing(session, {"audit_head": head}):
+        reply = replies.with_head(reply, head)
     return reply

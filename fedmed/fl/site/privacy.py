@@ -5,9 +5,11 @@ instructions); the site decides the rest itself:
 
 - delta: min(1/N, the policy's max_delta, the federation's delta) when its ledger is created, then
   the ledger's delta forever (epsilons at different deltas do not compose);
-- the budget: its policy's `privacy.max_epsilon`, else the cap its ledger keeps from before (none:
-  accounted, not capped), over every round it ever trained, across runs and restarts
-  (`<state_dir>/<party>/privacy_ledger.json`);
+- the budget: its policy's `privacy.max_epsilon` (which can only hold the site below the cap its
+  ledger keeps; raising a cap is `fedmed privacy cap`), over every round it ever trained from this
+  data, across runs, restarts and studies: the ledger is the one of its dataset's fingerprint in its
+  state directory (`<state_dir>/ledgers/<fingerprint>.json`), locked for every change, and
+  reconciled with its audit log when opened (a ledger behind the log is refused, never reset);
 - the noise: calibrated so that the planned rounds spend the federation's target epsilon (a server
   that understates the rounds only makes the site decline sooner: the ledger caps the total).
 
@@ -21,12 +23,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedmed.data import SiteData
 from fedmed.config import PrivacySection
+from fedmed.data import SiteData
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.models import SamSegmenter
 from fedmed.privacy import (
-    LEDGER_FILE,
     DPConfig,
     LedgerError,
     PrivacyLedger,
@@ -35,6 +36,7 @@ from fedmed.privacy import (
     dp_train_local,
     round_plan,
 )
+from fedmed.privacy.ledger_file import ledger_path
 from fedmed.train import TrainConfig, TrainResult
 from policies import Policy
 
@@ -69,19 +71,21 @@ class SitePrivacy:
         self.report: PrivacyReport | None = None
 
     @classmethod
-    def open(cls, config: DPConfig, *, state_dir: str | None, party: str, policy: Policy | None,
-             instructions: Instructions, num_samples: int) -> SitePrivacy:
-        """The site's ledger (created on its first DP round) and the plan of this round."""
+    def open(cls, config: DPConfig, *, state_dir: str | None, dataset: str, audit: tuple[Path, Path] | None,
+             party: str, policy: Policy | None, instructions: Instructions, num_samples: int) -> SitePrivacy:
+        """The ledger of the site's dataset (`dataset`: its fingerprint; created on its first DP round),
+        reconciled with its audit log (`audit`: the log and its key), and the plan of this round."""
         if state_dir is None:
             raise PrivacySetupError(f"{party}: differential privacy needs the site's state directory (its privacy "
                                     "ledger lives there); start the site with a state directory")
-        folder = Path(state_dir) / party
-        existing = (folder / LEDGER_FILE).exists()
+        existing = ledger_path(state_dir, dataset).exists()
         delta = None if existing else site_delta(num_samples, policy, instructions.privacy.delta)
         budget = policy.privacy.max_epsilon if policy is not None else None
+        log, key = audit if audit is not None else (None, None)
         try:
-            ledger = PrivacyLedger.open(folder, mode=config.mode, delta=delta, epsilon_budget=budget,
-                                        accountant=config.accountant)
+            ledger = PrivacyLedger.open(state_dir, mode=config.mode, delta=delta, epsilon_budget=budget,
+                                        accountant=config.accountant, dataset=dataset,
+                                        audit_log=log if log is not None and log.exists() else None, audit_key=key)
             plan = round_plan(config, ledger, num_samples=num_samples,
                               train_config=TrainConfig(batch_size=instructions.training.batch_size,
                                                        epochs=instructions.training.local_epochs))
@@ -102,7 +106,9 @@ class SitePrivacy:
         """The site's cap: its policy's, else the one its ledger keeps from before (None: no cap)."""
         return self.ledger.epsilon_budget
 
-    def train(self, model: SamSegmenter, data: SiteData, config: TrainConfig, *, round: int) -> TrainResult:
-        """The round's DP training; the ledger has recorded it when this returns."""
-        result, self.report = dp_train_local(model, data.train, config, self.config, self.ledger, round=round)
+    def train(self, model: SamSegmenter, data: SiteData, config: TrainConfig, *, round: int,
+              study: str) -> TrainResult:
+        """The round's DP training; the ledger has recorded it (for `study`) when this returns."""
+        result, self.report = dp_train_local(model, data.train, config, self.config, self.ledger, round=round,
+                                             study=study)
         return result

@@ -78,5 +78,5 @@ def release(session: SiteSession, privacy: SitePrivacy | None, *, masked: bool) 
         return {}
     session.decisions.append(("privacy_budget", dict(
         round=session.round, epsilon_round=report.epsilon_round, epsilon_total=report.epsilon_total,
-        delta=report.delta, accountant=report.accountant)))
+        delta=report.delta, accountant=report.accountant, **report.audit_fields())))
     return {"epsilon": report.epsilon_total, "epsilon_round": report.epsilon_round, "delta": report.delta}

@@ -15,6 +15,7 @@ from fedmed.data import SiteData, load_sites, scan_data
 from fedmed.fl.site.settings import SiteSettings
 from fedmed.models import SamSegmenter, build_model
 from fedmed.models.pretrained import file_sha256, find_builtin
+from fedmed.privacy.fingerprint import description_fingerprint
 from policies import Policy, load_policy
 
 
@@ -33,15 +34,42 @@ def load_site_data(settings: SiteSettings, *, image_size: int) -> SiteData:
         sites = load_sites("synthetic", image_size=image_size, data_seed=settings.data_seed,
                            num_sites=settings.num_sites, **options)
         return sites[_partition(settings, len(sites))]
-    path = Path(settings.data).expanduser()
-    scan = scan_data(path)
-    if not scan.problems and len(scan.sites) > 1:
-        path = path / scan.sites[_partition(settings, len(scan.sites))].name
+    path = _site_folder(settings)
     split_dir = Path(settings.state_dir) / "splits" if settings.state_dir else None
     sites = load_sites(path, image_size=image_size, split_dir=split_dir)
     if len(sites) != 1:  # pragma: no cover - load_sites of one dataset folder gives one site
         raise SiteSetupError(f"{path}: expected one site's dataset, found {len(sites)}")
     return sites[0]
+
+
+def _site_folder(settings: SiteSettings) -> Path:
+    """The folder of this site's own dataset (a partition of a multi-site folder in a simulation)."""
+    path = Path(settings.data).expanduser()
+    scan = scan_data(path)
+    if not scan.problems and len(scan.sites) > 1:
+        path = path / scan.sites[_partition(settings, len(scan.sites))].name
+    return path
+
+
+def site_name(settings: SiteSettings) -> str:
+    """The site's name, as its data names it (its folder; `site-<k>` in the synthetic federation)."""
+    if settings.data == "synthetic":
+        return f"site-{settings.partition}"
+    return _site_folder(settings).name
+
+
+def dataset_fingerprint(settings: SiteSettings) -> str:
+    """The digest of what this site's data is: the key of its privacy ledger, so a new run folder, a
+    new state folder or a second client on the same data finds the same budget. A folder counts by
+    the relative path and size of every file in it (a copy elsewhere is the same data; data that
+    changed size is new data); the synthetic federation by its generator's settings."""
+    if settings.data == "synthetic":
+        return description_fingerprint({"generator": "synthetic", "data_seed": settings.data_seed,
+                                        "num_sites": settings.num_sites, "site": settings.partition,
+                                        "samples_per_site": settings.samples_per_site})
+    root = _site_folder(settings)
+    files = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    return description_fingerprint({"folder": files})
 
 
 def _partition(settings: SiteSettings, count: int) -> int:
@@ -61,6 +89,14 @@ class SiteRuntime:
         self._data: dict[int, SiteData] = {}
         self._models: dict[tuple, SamSegmenter] = {}
         self._checkpoint_ok: set[str] = set()
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """The site's dataset fingerprint (computed once per process)."""
+        if self._fingerprint is None:
+            self._fingerprint = dataset_fingerprint(self.settings)
+        return self._fingerprint
 
     def data(self, spec: ModelSpec) -> SiteData:
         """The site's data at the model's input size (built once per size)."""

@@ -45,12 +45,19 @@ class SiteSession:
     model: SamSegmenter | None = None
     layout: Layout | None = None
     request: RoundRequest | None = None  # the round as the site's policy judges it
-    transcript: RoundTranscript | None = None  # a secure round's transcript, checked (train)
+    transcript: RoundTranscript | None = None  # a secure round's transcript, once checked
     decisions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # audit entries, in order
 
     @property
     def policy(self) -> Policy | None:
         return self.runtime.policy
+
+    @property
+    def round_instructions(self) -> Instructions | None:
+        """The instructions of the message, or of the secure round it belongs to (a stage message)."""
+        if self.instructions is not None:
+            return self.instructions
+        return self.transcript.instructions if self.transcript is not None else None
 
     def prepare(self, instructions: Instructions, *, own_classes: bool = False) -> None:
         """Take the message's instructions and build this round's data, model and layout."""
@@ -72,6 +79,14 @@ class SiteSession:
             return str(self.context.state[PARTY_STATE]["party"])
         partition = self.settings.partition
         return party_name(f"site-{partition}" if partition is not None else Path(self.settings.data).name)
+
+    @property
+    def audit_files(self) -> tuple[Path, Path] | None:
+        """(the site's audit log, its private key), or None for a site that keeps no log."""
+        if self.settings.audit_dir is None:
+            return None
+        log = Path(self.settings.audit_dir) / f"{self.party}.jsonl"
+        return log, (self.state_dir / "audit.key" if self.state_dir is not None else log.with_suffix(".key"))
 
     @property
     def state_dir(self) -> Path | None:

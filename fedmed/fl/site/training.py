@@ -54,7 +54,7 @@ def train_round(session: SiteSession, privacy: SitePrivacy | None, start: np.nda
     instructions, data = session.instructions, session.data
     config = instructions.training.train_config(seed=training_seed(session, start), device=session.settings.device)
     if privacy is not None:
-        return privacy.train(session.model, data, config, round=instructions.round)
+        return privacy.train(session.model, data, config, round=instructions.round, study=instructions.federation.name)
     return train_local(session.model, data.train, config)
 
 

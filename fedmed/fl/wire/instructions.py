@@ -1,7 +1,8 @@
 """The round's instructions: what a site is asked to do in one message, everything but its data.
 
 They are the federation config's own sections (`fedmed.config`), as the coordinator's plan holds
-them, with what the round adds (its number, the classes, how many sites it asks). They travel as
+them, with what the round adds (the run's id, the round's number, the classes, how many sites it
+asks). `federation.name` is the study: what ledgers and audit logs file the round under. They travel as
 the JSON of `Instructions` in one config value, so both sides validate the same typed object.
 """
 
@@ -19,6 +20,7 @@ class Instructions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    run_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", description="the server's id of this run")
     round: int = Field(ge=0)
     num_classes: int = Field(ge=2)
     num_clients: int = Field(ge=1, description="sites asked to train this round")

@@ -78,3 +78,14 @@ def per_class(reply: RecordDict) -> dict[str, float]:
     if not isinstance(record, MetricRecord):
         return {}
     return {k.removeprefix(PER_CLASS): float(v) for k, v in record.items() if k.startswith(PER_CLASS)}
+
+
+def audit_head(content: RecordDict) -> str | None:
+    """The sender's audit-log head a message or reply carries (as text), if any."""
+    record = content.get(AUDIT_HEAD) if isinstance(content, RecordDict) else None
+    return str(record["head"]) if isinstance(record, ConfigRecord) and "head" in record else None
+
+
+def with_head(content: RecordDict, head: str) -> RecordDict:
+    """`content` with the sender's audit-log head added."""
+    return RecordDict({**content, AUDIT_HEAD: ConfigRecord({"head": head})})

@@ -93,7 +93,7 @@ def test_strict_refuses_a_server_it_does_not_know(tmp_path, no_training):
 # ---- the pure checks ------------------------------------------------------------------------
 
 def instructions(num_clients: int = 3, **secure) -> Instructions:
-    return Instructions(round=1, num_classes=2, num_clients=num_clients, federation=FederationSection(),
+    return Instructions(run_id="run", round=1, num_classes=2, num_clients=num_clients, federation=FederationSection(),
                         model=ModelSpec(), training=TrainingSection(),
                         secure_aggregation=SecureAggregationSection(**secure), privacy=PrivacySection())
 

@@ -17,7 +17,7 @@ from guard_helpers import entries, grid_of, guarded_plan, guarded_sites
 
 def ask(grid, plan, vector: np.ndarray, layout: Layout, node: int = 1) -> RecordDict:
     """The scripted server asks one site to evaluate `vector`."""
-    instructions = round_instructions(plan, 1, num_classes=2, num_clients=3)
+    instructions = round_instructions(plan, 1, num_classes=2, num_clients=3, run_id="test-run")
     content = RecordDict({GLOBAL: pack(vector), LAYOUT_KEY: layout.record(), CONFIG: instructions.record()})
     [reply] = grid.send_and_receive([Message(content, dst_node_id=node, message_type=EVALUATE, group_id="1")])
     return reply.content

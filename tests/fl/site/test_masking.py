@@ -40,7 +40,7 @@ def federation(tmp_path_factory):
 
 def transcript(federation, *, run: str = "run-a", **changes) -> RoundTranscript:
     _, roster, plan, layout, vector = federation
-    instructions = round_instructions(plan, 1, num_classes=2, num_clients=3)
+    instructions = round_instructions(plan, 1, num_classes=2, num_clients=3, run_id="test-run")
     values = dict(run_id=run, round=1, roster=roster.digest, participants=(1, 2, 3),
                   config=round_config(plan.secure_aggregation, num_clients=3, vector_length=layout.numel + 1),
                   weighting=Weighting(rule="samples", max_weight=4.0), global_sha256=vector_sha256(vector),
@@ -129,6 +129,6 @@ def test_a_train_message_must_be_the_transcript_the_site_signed(federation):
 
 def test_a_site_refuses_a_round_announced_secure_without_its_stage(federation):
     settings, _, plan, _, vector = federation
-    instructions = round_instructions(plan, 1, num_classes=2, num_clients=3)
+    instructions = round_instructions(plan, 1, num_classes=2, num_clients=3, run_id="test-run")
     with pytest.raises(RoundRefused, match="carries no secure-aggregation stage; no plain update is sent"):
         SecureRelease.prepare(session(settings[0], contexts()[1], instructions), RecordDict({}), vector)
