@@ -40,6 +40,7 @@ def client(
     roster: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                           help="the enrolment roster this site trusts (secure aggregation)"),
     max_retries: Optional[int] = typer.Option(None, min=0, help="connection attempts before giving up [no limit]"),
+    max_message_mb: int = typer.Option(4096, min=1, help="the largest message this site pulls from its server, MiB"),
 ) -> None:
     """Join a federation as a hospital site; runs until stopped (Ctrl-C)."""
     from fedmed.data import scan_data
@@ -63,7 +64,8 @@ def client(
         identity=_path(identity), roster=_path(roster), server_address=superlink, server_tls=not insecure,
         server_certificate_sha256=None if insecure else _certificate(superlink, root_certificates),
     )
-    _join(settings, superlink, key, root_certificates, insecure, state_dir / "flower" / site, max_retries, site=site)
+    _join(settings, superlink, key, root_certificates, insecure, state_dir / "flower" / site, max_retries, site=site,
+          max_message_bytes=max_message_mb << 20)
 
 
 def _path(path: Path | None) -> str | None:
@@ -90,7 +92,7 @@ def _check_policy(policy: str) -> None:
 
 
 def _join(settings, superlink: str, key: Path | None, root_certificates: Path | None, insecure: bool, home: Path,
-          max_retries: int | None, *, site: str) -> None:
+          max_retries: int | None, *, site: str, max_message_bytes: int) -> None:
     from fedmed.fl.launch.deployment import ACCESS_DENIED, free_port, start_supernode
     from fedmed.fl.site.client_app import make_client_app
     from fedmed.fl.site.runner import SiteRunner
@@ -106,7 +108,7 @@ def _join(settings, superlink: str, key: Path | None, root_certificates: Path | 
     console.print(f"site {site}: joining {superlink} ({'INSECURE' if insecure else 'TLS'}) with data "
                   f"{settings.data}, policy {settings.policy}; state in {settings.state_dir}")
     runner = SiteRunner(f"127.0.0.1:{port}", make_client_app(lambda _context: settings),
-                        alive=lambda: node.poll() is None)
+                        alive=lambda: node.poll() is None, max_message_bytes=max_message_bytes)
     try:
         runner.run_forever()
     except KeyboardInterrupt:

@@ -52,6 +52,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 logger = logging.getLogger("fedmed.fl.site")
 HEARTBEAT_S = 20.0
+MAX_FAB_BYTES = 1 << 20  # what a site accepts of an app bundle: a few lines of TOML, well within these
+MAX_FAB_ENTRIES = 8
+MAX_FAB_ENTRY_BYTES = 64 << 10
+MAX_MESSAGE_BYTES = 4 << 30  # a message's parts, pulled: above fedsam on ViT-H's 2.5 GB vector
 TASK_RETRY_S = 120.0  # how long a task keeps trying to reach its SuperNode
 # A message whose parts stop arriving for this long fails its task (its SuperLink died mid-transfer);
 # a slow transfer that makes progress is never cut. FEDMED_TASK_STALL_S overrides it.
@@ -62,16 +66,32 @@ class ForeignAppError(RuntimeError):
     """An app bundle this site refuses: it ships files of its own or names other components."""
 
 
+def _read_capped(archive: zipfile.ZipFile, name: str) -> bytes:
+    """An entry's bytes, refused past `MAX_FAB_ENTRY_BYTES` however small its header says it is."""
+    with archive.open(name) as stream:
+        data = stream.read(MAX_FAB_ENTRY_BYTES + 1)
+    if len(data) > MAX_FAB_ENTRY_BYTES:
+        raise ForeignAppError(f"the app bundle's {name} unpacks to more than {MAX_FAB_ENTRY_BYTES} bytes; a fedmed "
+                              "bundle holds a few lines of TOML")
+    return data
+
+
 def check_fab(content: bytes) -> dict:
-    """The FAB's pyproject if it is a fedmed run with no code in it; else `ForeignAppError`."""
+    """The FAB's pyproject if it is a fedmed run with no code in it; else `ForeignAppError`. Nothing
+    is unpacked beyond `MAX_FAB_BYTES` packed, `MAX_FAB_ENTRIES` entries, `MAX_FAB_ENTRY_BYTES` each."""
+    if len(content) > MAX_FAB_BYTES:
+        raise ForeignAppError(f"the app bundle is {len(content)} bytes; this site accepts at most {MAX_FAB_BYTES}")
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            names = set(archive.namelist())
-            extra = sorted(names - FAB_METADATA)
+            entries = archive.namelist()
+            if len(entries) > MAX_FAB_ENTRIES:
+                raise ForeignAppError(f"the app bundle has {len(entries)} entries; a fedmed bundle has at most "
+                                      f"{MAX_FAB_ENTRIES}")
+            extra = sorted(set(entries) - FAB_METADATA)
             if extra:
                 raise ForeignAppError(f"the app bundle ships files of its own ({', '.join(extra[:5])}); this site "
                                       "runs only the fedmed it installed")
-            project = tomllib.loads(archive.read("pyproject.toml").decode())
+            project = tomllib.loads(_read_capped(archive, "pyproject.toml").decode())
     except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ForeignAppError(f"unreadable app bundle ({error})") from None
     components = project.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {})
@@ -115,9 +135,10 @@ def _client(address: str, *interceptors, max_tries: int | None = None, max_time:
     )
 
 
-def _stall_guard(pull: Callable[[str], bytes], stall_s: float) -> Callable[[str], bytes]:
-    """`pull` that fails for good once no part of the message has arrived for `stall_s` seconds."""
-    last = [time.monotonic()]
+def _pull_guard(pull: Callable[[str], bytes], stall_s: float, max_bytes: int) -> Callable[[str], bytes]:
+    """`pull` that fails for good once no part of the message has arrived for `stall_s` seconds, or
+    once its parts add up to more than `max_bytes`."""
+    last, pulled = [time.monotonic()], [0]
 
     def guarded(object_id: str) -> bytes:
         try:
@@ -126,16 +147,18 @@ def _stall_guard(pull: Callable[[str], bytes], stall_s: float) -> Callable[[str]
             if time.monotonic() - last[0] > stall_s:
                 raise ObjectPullError(object_id, f"nothing arrived for {stall_s:.0f} s") from None
             raise
-        last[0] = time.monotonic()
+        last[0], pulled[0] = time.monotonic(), pulled[0] + len(content)
+        if pulled[0] > max_bytes:
+            raise ObjectPullError(object_id, f"the message exceeds this site's cap of {max_bytes} bytes")
         return content
 
     return guarded
 
 
-def pull_task_input(client: RuntimeHttpClient, *, stall_s: float = STALL_S):
+def pull_task_input(client: RuntimeHttpClient, *, stall_s: float = STALL_S, max_bytes: int = MAX_MESSAGE_BYTES):
     """(message, context, run, fab) of the task, as Flower's `pull_task_input`, but a message whose
     parts stop arriving for `stall_s` (the SuperNode lost its SuperLink mid-transfer) fails the task
-    instead of blocking the site for Flower's two hours."""
+    instead of blocking the site for Flower's two hours, and one past `max_bytes` is not pulled on."""
     response = client.PullTaskInput(PullTaskInputRequest())
     TaskIdentity.task_id = response.task_id
     TaskIdentity.run_id = response.run.run_id
@@ -147,7 +170,7 @@ def pull_task_input(client: RuntimeHttpClient, *, stall_s: float = STALL_S):
     node = Node(node_id=context.node_id)
     tree = messages.message_object_trees[0]
     message = pull_and_inflate_object_from_tree(
-        tree, _stall_guard(make_pull_object_fn_protobuf(client.PullObject, node, context.run_id), stall_s),
+        tree, _pull_guard(make_pull_object_fn_protobuf(client.PullObject, node, context.run_id), stall_s, max_bytes),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
         return_type=Message, max_tries_per_object=None,
     )
@@ -155,14 +178,14 @@ def pull_task_input(client: RuntimeHttpClient, *, stall_s: float = STALL_S):
     return message, context, run, fab
 
 
-def run_task(address: str, token: str, app: ClientApp) -> str:
+def run_task(address: str, token: str, app: ClientApp, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> str:
     """Run one task of the SuperNode at `address` (its local Runtime API) with `app`; returns its status."""
     client = _client(address, RuntimeTokenHttpInterceptor(token), max_time=TASK_RETRY_S)
     message = context = reply = None
     status, details = SubStatus.FAILED, "the task failed"
     try:
         with _Heartbeat(client):
-            message, context, _run, fab = pull_task_input(client)
+            message, context, _run, fab = pull_task_input(client, max_bytes=max_message_bytes)
             _check(fab)
             reply = app(message=message, context=context)
             status, details = SubStatus.COMPLETED, ""
@@ -191,8 +214,9 @@ class SiteRunner:
     """Polls a SuperNode's Runtime API for ClientApp tasks and runs them one at a time."""
 
     def __init__(self, address: str, app: ClientApp, *, poll_s: float = 0.5,
-                 alive: Callable[[], bool] = lambda: True):
+                 alive: Callable[[], bool] = lambda: True, max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.address, self.app, self.poll_s, self.alive = address, app, poll_s, alive
+        self.max_message_bytes = max_message_bytes
         self.tasks = 0
 
     def run_forever(self) -> None:
@@ -208,7 +232,7 @@ class SiteRunner:
                     continue
                 if response.HasField("task") and response.token:
                     self.tasks += 1
-                    run_task(self.address, response.token, self.app)
+                    run_task(self.address, response.token, self.app, max_message_bytes=self.max_message_bytes)
                 else:
                     time.sleep(self.poll_s)
         finally:

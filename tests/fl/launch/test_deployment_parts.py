@@ -26,7 +26,8 @@ from fedmed.fl.launch.deployment import (
     server_certificate_sha256,
     split_address,
 )
-from fedmed.fl.site.runner import ForeignAppError, check_fab
+from fedmed.fl.site.runner import MAX_FAB_BYTES, MAX_FAB_ENTRIES, ForeignAppError, _pull_guard, check_fab
+from flwr.supercore.inflatable.inflatable_utils import ObjectPullError
 
 
 def bundle(tmp_path, pyproject: str | None = None, files: dict[str, str] | None = None) -> bytes:
@@ -66,6 +67,30 @@ def test_a_hand_made_archive_is_checked_too():
         check_fab(buffer.getvalue())
     with pytest.raises(ForeignAppError, match="unreadable"):
         check_fab(b"not a zip")
+
+
+def test_a_bundle_that_would_unpack_to_much_more_is_refused_without_unpacking_it():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("pyproject.toml", app_pyproject() + " " * (100 << 20))  # 100 MiB of spaces, a ~100 kB zip
+    assert len(buffer.getvalue()) < MAX_FAB_BYTES
+    with pytest.raises(ForeignAppError, match="unpacks to more than"):
+        check_fab(buffer.getvalue())
+    many = io.BytesIO()
+    with zipfile.ZipFile(many, "w") as archive:
+        for _ in range(MAX_FAB_ENTRIES + 1):
+            archive.writestr("pyproject.toml", app_pyproject())
+    with pytest.raises(ForeignAppError, match="entries"):
+        check_fab(many.getvalue())
+    with pytest.raises(ForeignAppError, match="at most"):
+        check_fab(b"x" * (MAX_FAB_BYTES + 1))
+
+
+def test_a_message_past_the_sites_cap_is_not_pulled_on():
+    guarded = _pull_guard(lambda object_id: b"x" * 600, stall_s=60, max_bytes=1000)
+    guarded("a")
+    with pytest.raises(ObjectPullError, match="exceeds this site's cap of 1000 bytes"):
+        guarded("b")
 
 
 def test_site_keys_are_openssh_ec_keys(tmp_path):
