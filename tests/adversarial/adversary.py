@@ -17,6 +17,7 @@ release memory (`sums`) and its privacy ledger (`ledger_rounds`).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from secure_agg import ServerSession, Stage, parse, unpack_weighted
 from secure_agg.messages import ClientMessage, ServerMessage, Setup
 
 NUM_CLASSES = 2  # the synthetic sites' classes (background and organ at 5 samples a site)
+STRICT_DP = {"mode": "sample", "epsilon": 8.0}  # what the strict policy requires of a round
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,11 @@ class MaliciousServer:
                       participants=list(transcript.participants))
         return RecordDict({SECAGG_KEY: stage_record(setup.to_bytes()), SECAGG_ROUND: transcript.record()})
 
+    def setup(self, transcript: RoundTranscript, nodes: Iterable[int] | None = None) -> dict[int, RecordDict]:
+        """Send the setup of `transcript` to `nodes` (default: its participants); their replies."""
+        nodes = transcript.participants if nodes is None else nodes
+        return self.send(SECAGG, {node: self.setup_content(transcript, node) for node in nodes})
+
     @staticmethod
     def stage_content(message: ServerMessage) -> RecordDict:
         return RecordDict({SECAGG_KEY: stage_record(message.to_bytes())})
@@ -280,3 +287,18 @@ def policy_file(folder: Path, name: str, text: str) -> str:
     path = folder / f"{name}.toml"
     path.write_text(text)
     return str(path)
+
+
+def assert_refused(sites: Sites, refusals: dict[int, str | None], *needles: str) -> None:
+    """Every site in `refusals` refused naming `needles` and wrote the refusal to its audit log."""
+    for node, reason in refusals.items():
+        assert reason is not None, f"node {node} did not refuse"
+        for needle in needles:
+            assert needle in reason, (node, reason)
+        assert reason in sites.refusals(node)
+
+
+def assert_nothing_released(sites: Sites, nodes: Iterable[int]) -> None:
+    """No masked input (nor any other tensor) left these sites, and none agreed to a sum."""
+    for node in nodes:
+        assert sites.sent(node) == [] and sites.sums(node) == [], node

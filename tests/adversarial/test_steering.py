@@ -12,7 +12,17 @@ research policy that does not bound the learning rate).
 from __future__ import annotations
 
 import pytest
-from adversary import MaliciousServer, ScriptedRound, estimate_error, make_sites, policy_file, reply_of
+from adversary import (
+    STRICT_DP,
+    MaliciousServer,
+    ScriptedRound,
+    assert_nothing_released,
+    assert_refused,
+    estimate_error,
+    make_sites,
+    policy_file,
+    reply_of,
+)
 
 from fedmed.fl.wire.messages import SECAGG, refusal_reason
 from fedmed.fl.wire.transcript import RoundTranscript, Weighting, differences
@@ -23,7 +33,6 @@ VICTIM = 1
 PEERS_SIGNED_ANOTHER_TRANSCRIPT = ("the signature on its public keys does not verify",
                                    "every signature of the round commits to the round transcript")
 UNBOUNDED_LR = 'extends = "research"\nname = "research-any-lr"\n[training]\nlr = [1e-40, 1.0]\n'
-STRICT_DP = {"mode": "sample", "epsilon": 8.0}
 
 
 def split_transcripts(server: MaliciousServer, views: dict[int, RoundTranscript]) -> dict[int, str | None]:
@@ -35,21 +44,6 @@ def split_transcripts(server: MaliciousServer, views: dict[int, RoundTranscript]
     replies = server.send(SECAGG, {node: server.stage_content(
         KeysBroadcast(round_id=views[node].session_id, recipient=node, keys=keys)) for node in server.nodes})
     return {node: refusal_reason(reply) for node, reply in replies.items()}
-
-
-def assert_refused(sites, refusals: dict[int, str | None], *needles: str) -> None:
-    """Every site in `refusals` refused naming `needles` and wrote the refusal to its audit log."""
-    for node, reason in refusals.items():
-        assert reason is not None, f"node {node} did not refuse"
-        for needle in needles:
-            assert needle in reason, (node, reason)
-        assert reason in sites.refusals(node)
-
-
-def assert_nothing_released(sites, nodes) -> None:
-    """No masked input (nor any other tensor) left these sites, and none agreed to a sum."""
-    for node in nodes:
-        assert sites.sent(node) == [] and sites.sums(node) == [], node
 
 
 # -- attack 1: per-site weights -----------------------------------------------------------------
@@ -128,12 +122,12 @@ def test_a_strict_site_refuses_a_learning_rate_out_of_its_bounds_at_the_setup(tm
     sites = make_sites(tmp_path, policy="strict", samples=20, privacy=STRICT_DP)
     server = MaliciousServer(sites)
     stalled = server.transcript(run_id="stalled", training={"lr": 1e-30})
-    replies = server.send(SECAGG, {node: server.setup_content(stalled, node) for node in server.nodes})
+    replies = server.setup(stalled)
     assert_refused(sites, {node: refusal_reason(reply) for node, reply in replies.items()},
                    "site policy 'strict' refuses round 1 (1 violation)", "training.lr: lr 1e-30 is outside this "
                                                                          "site's range [1e-06, 0.05]")
     assert_nothing_released(sites, server.nodes)
     assert all(sites.ledger_rounds(node) == [] for node in server.nodes)
     fair = server.transcript(run_id="fair")  # the same sites take the same round at the plan's lr
-    replies = server.send(SECAGG, {node: server.setup_content(fair, node) for node in server.nodes})
+    replies = server.setup(fair)
     assert all(isinstance(reply_of(reply), AdvertiseKeys) for reply in replies.values())
