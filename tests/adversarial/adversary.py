@@ -155,14 +155,14 @@ class MaliciousServer:
         return tuple(range(1, len(self.sites.settings) + 1))
 
     def instructions(self, *, round: int = 1, num_clients: int | None = None, training: dict | None = None,
-                     federation: dict | None = None, privacy: dict | None = None) -> Instructions:
+                     federation: dict | None = None, secure: dict | None = None) -> Instructions:
         """The round's instructions from the plan, with sections changed as given."""
         plan = self.sites.plan
         return Instructions(
             round=round, num_classes=NUM_CLASSES, num_clients=num_clients or len(self.nodes),
             federation=plan.federation.model_copy(update=federation or {}), model=plan.model,
-            training=plan.training.model_copy(update=training or {}), secure_aggregation=plan.secure_aggregation,
-            privacy=PrivacySection(**privacy) if privacy is not None else plan.privacy)
+            training=plan.training.model_copy(update=training or {}),
+            secure_aggregation=plan.secure_aggregation.model_copy(update=secure or {}), privacy=plan.privacy)
 
     def transcript(self, *, run_id: str = "run-a", round: int = 1, participants: tuple[int, ...] | None = None,
                    instructions: Instructions | None = None, weighting: Weighting | None = None,
@@ -184,7 +184,8 @@ class MaliciousServer:
     def send(self, kind: str, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
         """Send each node its content; {node: the reply's content}. A site that crashed fails the test."""
         grid = self.sites.grid
-        messages = [grid.create_message(content, kind, node, group_id="adversary") for node, content in contents.items()]
+        messages = [grid.create_message(content, kind, node, group_id="adversary")
+                    for node, content in contents.items()]
         replies = {}
         for reply in grid.send_and_receive(messages):
             node = reply.metadata.src_node_id

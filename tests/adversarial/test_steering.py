@@ -104,7 +104,8 @@ def test_a_train_message_other_than_the_signed_transcript_is_refused_naming_the_
     replies = scripted.ask(train={2: {"instructions": slow}, 3: {"instructions": slow.model_copy(
         update={"training": scripted.transcript.instructions.training}), "start": server.start + 1e-3}})
     refusals = {node: refusal_reason(replies[node]) for node in (2, 3)}
-    assert_refused(sites, {2: refusals[2]}, "not the round transcript this site signed: instructions.training.lr differ")
+    assert_refused(sites, {2: refusals[2]},
+                   "not the round transcript this site signed: instructions.training.lr differ")
     assert_refused(sites, {3: refusals[3]}, "not the round transcript this site signed: global (the starting model) "
                                             "differ")
     assert_nothing_released(sites, (2, 3))
