@@ -85,6 +85,31 @@ def test_under_dp_a_replay_is_allowed_and_charged(tmp_path, updates):
     assert error > 0.5, (error, correlation)  # the difference is the victim's update plus the others' DP noise
 
 
+def test_without_dp_a_nudged_global_vector_is_a_new_start_to_the_release_memory(tmp_path, updates):
+    """What the release memory cannot promise (docs/secure_aggregation.md): it knows a global vector
+    by its SHA-256. Nudged by one unit in the last place, the replay without the victim is signed,
+    and the difference of the two sums is the victim's update plus exactly the change of the other
+    sites' updates, which only their training randomness makes. This is why `strict` requires DP."""
+    sites = make_sites(tmp_path, policy="research")
+    server = MaliciousServer(sites)
+    run_a = ScriptedRound(server, server.transcript(run_id="run-a"))
+    run_a.finish()
+    nudged = server.start.copy()
+    nudged[0] = np.nextafter(nudged[0], np.float32(1))
+    run_b = ScriptedRound(server, server.transcript(run_id="run-b", start=nudged))
+    run_b.step()
+    run_b.step()
+    run_b.step(silent=(VICTIM,), train={node: {"instructions": run_b.transcript.instructions, "start": nudged}
+                                        for node in OTHERS})
+    run_b.finish()
+    assert not run_b.refusals and [len(sites.sums(node)) for node in OTHERS] == [2, 2]
+    total_a, total_b = run_a.session.result.total, run_b.session.result.total
+    weight = total_a[-1] - total_b[-1]  # the victim's (equal) weight: 1
+    estimate = (total_a[:-1] - total_b[:-1]) / weight
+    drift = sum(updates[sites.party(node)][0] - updates[sites.party(node)][1] for node in OTHERS)
+    assert np.abs(estimate - updates[sites.party(VICTIM)][0] - drift).max() < 1e-4  # 5 quantization steps
+
+
 # -- the training randomness ----------------------------------------------------------------------
 
 
