@@ -54,7 +54,7 @@ from secure_agg import ServerSession, Stage, parse, unpack_weighted
 from secure_agg.messages import ClientMessage, ServerMessage, Setup
 
 NUM_CLASSES = 2  # the synthetic sites' classes (background and organ at 5 samples a site)
-STRICT_DP = {"mode": "sample", "epsilon": 8.0}  # what the strict policy requires of a round
+DP_SGD = {"mode": "sample", "epsilon": 8.0}  # DP-SGD at epsilon 8 over the run: what `strict` requires
 
 
 @dataclass(frozen=True)
@@ -195,9 +195,9 @@ class MaliciousServer:
         return replies
 
     @staticmethod
-    def setup_content(transcript: RoundTranscript, node: int, *, session_id: str | None = None) -> RecordDict:
+    def setup_content(transcript: RoundTranscript, node: int) -> RecordDict:
         """The setup stage for `node`: a `Setup` under the transcript's session id, and the transcript."""
-        setup = Setup(round_id=session_id or transcript.session_id, recipient=node, config=transcript.config,
+        setup = Setup(round_id=transcript.session_id, recipient=node, config=transcript.config,
                       participants=list(transcript.participants))
         return RecordDict({SECAGG_KEY: stage_record(setup.to_bytes()), SECAGG_ROUND: transcript.record()})
 

@@ -12,7 +12,7 @@ need 16 training pictures: 20 a site here.)
 from __future__ import annotations
 
 import pytest
-from adversary import STRICT_DP, MaliciousServer, assert_nothing_released, assert_refused, make_sites
+from adversary import DP_SGD, MaliciousServer, assert_nothing_released, assert_refused, make_sites
 
 from fedmed.fl.server.rounds import RoundFailed, run_federation
 from fedmed.fl.wire.messages import SECAGG, TRAIN, refusal_reason
@@ -21,7 +21,7 @@ from secure_agg import parse
 
 
 def strict_sites(tmp_path):
-    return make_sites(tmp_path, policy="strict", samples=20, privacy=STRICT_DP)
+    return make_sites(tmp_path, policy="strict", samples=20, privacy=DP_SGD)
 
 
 def test_a_strict_site_refuses_a_setup_of_two_participants(tmp_path):

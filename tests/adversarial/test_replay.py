@@ -16,7 +16,7 @@ import hmac
 
 import numpy as np
 import pytest
-from adversary import MaliciousServer, ScriptedRound, estimate_error, make_sites, reply_of
+from adversary import DP_SGD, MaliciousServer, ScriptedRound, estimate_error, make_sites, reply_of
 from flwr.app import RecordDict
 from PIL import Image
 
@@ -28,7 +28,6 @@ from secure_agg import Stage, TooFewSurvivorsError, crypto
 from secure_agg.messages import ConsistencySignature, SurvivorSignature, UnmaskRequest, survivors_payload
 
 VICTIM, OTHERS = 1, (2, 3)
-DP = {"mode": "sample", "epsilon": 8.0}
 
 
 def replay_without_the_victim(server: MaliciousServer) -> tuple[ScriptedRound, ScriptedRound]:
@@ -69,7 +68,7 @@ def test_a_round_replayed_without_the_victim_is_never_unmasked(tmp_path, updates
 
 
 def test_under_dp_a_replay_is_allowed_and_charged(tmp_path, updates):
-    sites = make_sites(tmp_path, policy="research", privacy=DP)
+    sites = make_sites(tmp_path, policy="research", privacy=DP_SGD)
     server = MaliciousServer(sites)
     run_a, run_b = replay_without_the_victim(server)
     assert not run_b.refusals

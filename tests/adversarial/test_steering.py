@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 from adversary import (
-    STRICT_DP,
+    DP_SGD,
     MaliciousServer,
     ScriptedRound,
     assert_nothing_released,
@@ -100,9 +100,8 @@ def test_a_train_message_other_than_the_signed_transcript_is_refused_naming_the_
     scripted = ScriptedRound(server, server.transcript(run_id="train"))
     scripted.step()  # setup
     scripted.step()  # share keys
-    slow = server.instructions(training={"lr": 1e-30})
-    replies = scripted.ask(train={2: {"instructions": slow}, 3: {"instructions": slow.model_copy(
-        update={"training": scripted.transcript.instructions.training}), "start": server.start + 1e-3}})
+    replies = scripted.ask(train={2: {"instructions": server.instructions(training={"lr": 1e-30})},
+                                  3: {"instructions": scripted.transcript.instructions, "start": server.start + 1e-3}})
     refusals = {node: refusal_reason(replies[node]) for node in (2, 3)}
     assert_refused(sites, {2: refusals[2]},
                    "not the round transcript this site signed: instructions.training.lr differ")
@@ -120,7 +119,7 @@ def test_a_train_message_other_than_the_signed_transcript_is_refused_naming_the_
 
 
 def test_a_strict_site_refuses_a_learning_rate_out_of_its_bounds_at_the_setup(tmp_path):
-    sites = make_sites(tmp_path, policy="strict", samples=20, privacy=STRICT_DP)
+    sites = make_sites(tmp_path, policy="strict", samples=20, privacy=DP_SGD)
     server = MaliciousServer(sites)
     stalled = server.transcript(run_id="stalled", training={"lr": 1e-30})
     replies = server.setup(stalled)
