@@ -109,6 +109,25 @@ def test_without_dp_a_nudged_global_vector_is_a_new_start_to_the_release_memory(
     assert np.abs(estimate - updates[sites.party(VICTIM)][0] - drift).max() < 1e-4  # 5 quantization steps
 
 
+def test_a_replayed_train_message_is_refused_before_training_and_charges_nothing(tmp_path):
+    """A server that sends a site its train message again (the same session, the same shares) would
+    make it train again and charge its privacy ledger for an update that can never leave: a drain
+    of its budget. The site refuses before training; its ledger holds the one round it released."""
+    sites = make_sites(tmp_path, policy="research", privacy=DP_SGD)
+    server = MaliciousServer(sites)
+    scripted = ScriptedRound(server, server.transcript(run_id="drain"))
+    scripted.step()
+    scripted.step()
+    shares = dict(scripted.requests)
+    scripted.step()
+    assert len(sites.ledger_rounds(VICTIM)) == 1
+    for _ in range(3):
+        again = server.send(TRAIN, {VICTIM: server.train_content(scripted.transcript.instructions, shares[VICTIM])})
+        assert "not this site's next one (its session is masked; a masked input is sent once): nothing is trained" in (
+            refusal_reason(again[VICTIM]))
+    assert len(sites.ledger_rounds(VICTIM)) == 1 and sites.sent(VICTIM).count("update.weight") == 1
+
+
 # -- the training randomness ----------------------------------------------------------------------
 
 
