@@ -4,6 +4,7 @@ SAM, FedMSA, 3 synthetic sites), run plain and secure side by side, alternating 
     python benchmarks/secure_rounds.py                      # in-process grid, 3 rounds, 2 runs each
     python benchmarks/secure_rounds.py --engine ray         # Flower's simulation engine, as `fedmed simulate`
     python benchmarks/secure_rounds.py --checks --rounds 2 --runs 1   # + issue 11's checks, function by function
+    python benchmarks/secure_rounds.py --checks --runs 0 --history 10000   # the checks alone, a long memory
 
 Sites have no policy, DP or site audit log, so the difference between the two
 columns is secure aggregation alone: 4 more message exchanges a round (setup, share keys,
@@ -198,18 +199,8 @@ def check_costs(sites: int, *, dp: bool, history: int, repeats: int, out: Path) 
             "cpu_ms": {k: round(1e3 * float(v[1]), 3) for k, v in costs.items()}}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engine", choices=["inprocess", "ray"], default="inprocess")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=2, help="runs of each mode, alternating")
-    parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--samples-per-site", type=int, default=None, help="[the generator's default, 80]")
-    parser.add_argument("--image-size", type=int, default=None, help="[the tiny preset's]")
-    parser.add_argument("--checks", action="store_true", help="also time issue 11's checks at 3 and 10 sites")
-    parser.add_argument("--repeats", type=int, default=20, help="repeats of each check (--checks)")
-    parser.add_argument("--history", type=int, default=100, help="earlier rounds in the release memory (--checks)")
-    args = parser.parse_args()
+def compare(args: argparse.Namespace) -> dict:
+    """Plain and secure runs side by side (see the module docstring)."""
     results: dict[str, list[dict]] = {"plain": [], "secure": []}
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.runs):
@@ -218,10 +209,10 @@ def main() -> None:
                 results[mode].append(run(mode, Path(tmp) / f"{mode}-{k}", args))
     plain, secure = summary(results["plain"]), summary(results["secure"])
     key = "round_s_median_after_first" if args.rounds > 1 else "round_s_median"
-    report = {
+    return {
         "engine": args.engine, "model": "tiny fedmsa", "sites": args.sites, "rounds": args.rounds, "runs": args.runs,
         "samples_per_site": args.samples_per_site or 80, "image_size": args.image_size,
-        "plain": plain, "secure": secure,
+        "plain": plain, "secure": secure, "round_s": secure[key],
         "overhead": {
             "round_s": secure[key] - plain[key],
             "round_pct": 100 * (secure[key] / plain[key] - 1),
@@ -231,17 +222,39 @@ def main() -> None:
                                 / (plain["bytes_sent_per_site"] + plain["bytes_received_per_site"]) - 1),
         },
     }
+
+
+def checks(args: argparse.Namespace, round_s: float | None) -> list[dict]:
+    """`check_costs` at 3 and 10 sites, DP off and on, an empty and a `--history` memory; with the
+    share of a secure round of `round_s` seconds they take (None: no round was measured)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    with tempfile.TemporaryDirectory() as tmp:
+        entries = [check_costs(n, dp=dp, history=history, repeats=args.repeats, out=Path(tmp) / f"{n}-{dp}-{history}")
+                   for n in (3, 10) for dp in (False, True) for history in (0, args.history)]
+    for entry in entries if round_s else []:
+        per_site = entry["ms"]["total"] / 1e3
+        entry["pct_of_secure_round"] = round(100 * per_site / round_s, 4)  # sites check side by side
+        entry["pct_of_secure_round_sequential"] = round(100 * per_site * entry["sites"] / round_s, 4)
+    return entries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=["inprocess", "ray"], default="inprocess")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=2, help="runs of each mode, alternating (0: --checks alone)")
+    parser.add_argument("--sites", type=int, default=3)
+    parser.add_argument("--samples-per-site", type=int, default=None, help="[the generator's default, 80]")
+    parser.add_argument("--image-size", type=int, default=None, help="[the tiny preset's]")
+    parser.add_argument("--checks", action="store_true", help="also time issue 11's checks at 3 and 10 sites")
+    parser.add_argument("--repeats", type=int, default=20, help="repeats of each check (--checks)")
+    parser.add_argument("--history", type=int, default=100, help="earlier rounds in the release memory (--checks)")
+    args = parser.parse_args()
+    if args.runs < 1 and not args.checks:
+        parser.error("--runs 0 measures nothing without --checks")
+    report = compare(args) if args.runs > 0 else {}
     if args.checks:
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-        with tempfile.TemporaryDirectory() as tmp:
-            report["checks"] = [check_costs(n, dp=dp, history=history, repeats=args.repeats,
-                                            out=Path(tmp) / f"{n}-{dp}-{history}")
-                                for n in (3, 10) for dp in (False, True) for history in (0, args.history)]
-        round_s = secure[key]
-        for entry in report["checks"]:
-            per_site = entry["ms"]["total"] / 1e3
-            entry["pct_of_secure_round"] = round(100 * per_site / round_s, 4)  # sites check side by side
-            entry["pct_of_secure_round_sequential"] = round(100 * per_site * entry["sites"] / round_s, 4)
+        report["checks"] = checks(args, report.get("round_s"))
         report["load_average"] = os.getloadavg()
     print(json.dumps(report, indent=2))
 
