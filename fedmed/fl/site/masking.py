@@ -42,7 +42,16 @@ from fedmed.fl.site.settings import SiteSettings
 from fedmed.fl.wire.messages import SECAGG_KEY
 from fedmed.fl.wire.secagg import StageMissingError, masked_words, round_config, stage_bytes, stage_record
 from fedmed.fl.wire.transcript import RoundTranscript, differences, vector_sha256
-from secure_agg import ClientSession, ConfigError, ForgedMessageError, KeyPair, SecAggError, pack_weighted, parse
+from secure_agg import (
+    ClientSession,
+    ConfigError,
+    ForgedMessageError,
+    KeyPair,
+    Progress,
+    SecAggError,
+    pack_weighted,
+    parse,
+)
 from secure_agg.messages import ConsistencyRequest, MaskedInput, Message, Setup, SharesForward, UnmaskRequest
 
 logger = logging.getLogger("fedmed.fl.site")
@@ -249,6 +258,11 @@ class SecureRelease:
         who = enrolment(session)
         message = _stage(session, content, "the train message")
         client, transcript = _restore(session, who)
+        if not (isinstance(message, SharesForward) and message.round_id == transcript.session_id
+                and message.recipient == who.client_id and client.progress is Progress.SHARED):
+            raise session.refuse("the train message's secure-aggregation stage is not this site's next one (its "
+                                 f"session is {client.progress.value}; a masked input is sent once): nothing is "
+                                 "trained", [])
         fields = ["instructions." + f for f in differences(transcript.instructions.model_dump(mode="json"),
                                                            session.instructions.model_dump(mode="json"))]
         if vector_sha256(start) != transcript.global_sha256:
