@@ -30,6 +30,7 @@ from fedmed.fl.launch.inprocess import InProcessGrid
 from fedmed.fl.launch.simulation import prepare_simulation
 from fedmed.fl.plan import RunPlan
 from fedmed.fl.site.client_app import make_client_app
+from fedmed.fl.site.runtime import dataset_fingerprint
 from fedmed.fl.site.settings import SiteSettings
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.fl.wire.layout import Layout, pack
@@ -50,6 +51,7 @@ from fedmed.fl.wire.tensors import party_name
 from fedmed.fl.wire.transcript import RoundTranscript, Weighting, vector_sha256
 from fedmed.models import build_model, trainable_state
 from fedmed.models.pretrained import file_sha256
+from fedmed.privacy.ledger_file import ledger_path
 from secure_agg import ServerSession, Stage, parse, unpack_weighted
 from secure_agg.messages import ClientMessage, ServerMessage, Setup
 
@@ -97,8 +99,9 @@ class Sites:
         return [s for entry in memory["rosters"].values() for s in entry["sums"]]
 
     def ledger_rounds(self, node: int) -> list[dict]:
-        """The rounds charged to the site's privacy ledger (none: no ledger file)."""
-        path = self.folder(node) / "privacy_ledger.json"
+        """The rounds charged to the site's privacy ledger (the one of its data; none: no ledger file)."""
+        site = self.settings[node - 1]
+        path = ledger_path(site.state_dir, dataset_fingerprint(site))
         return json.loads(path.read_text())["rounds"] if path.exists() else []
 
 
@@ -159,7 +162,7 @@ class MaliciousServer:
         """The round's instructions from the plan, with sections changed as given."""
         plan = self.sites.plan
         return Instructions(
-            round=round, num_classes=NUM_CLASSES, num_clients=num_clients or len(self.nodes),
+            run_id="scripted-run", round=round, num_classes=NUM_CLASSES, num_clients=num_clients or len(self.nodes),
             federation=plan.federation.model_copy(update=federation or {}), model=plan.model,
             training=plan.training.model_copy(update=training or {}),
             secure_aggregation=plan.secure_aggregation.model_copy(update=secure or {}), privacy=plan.privacy)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from fedmed.fl.site import training
 
@@ -12,16 +11,6 @@ from fedmed.fl.site import training
 @pytest.fixture(autouse=True)
 def _every_adversarial_test_has_a_task_identity(task_identity):
     """The scripted server builds Flower messages (`task_identity` is in tests/conftest.py)."""
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The sites train one after the other in this process; on a shared machine one thread trains
-    the tiny model 100 times faster than two that wait for each other (0.05 s against 7 s a step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

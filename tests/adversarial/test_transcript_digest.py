@@ -21,7 +21,7 @@ BASE = RoundTranscript(
     run_id="fedmed/0123456789abcdef", round=3, roster="ab" * 32, participants=(1, 2, 3),
     config=round_config(SECTION, num_clients=3, vector_length=1001), weighting=Weighting(max_weight=64.0),
     global_sha256="cd" * 32,
-    instructions=Instructions(round=3, num_classes=2, num_clients=3, federation=FederationSection(),
+    instructions=Instructions(run_id="0123456789abcdef", round=3, num_classes=2, num_clients=3, federation=FederationSection(),
                               model=ModelSpec(image_size=32), training=TrainingSection(), secure_aggregation=SECTION,
                               privacy=PrivacySection()))
 # values a Literal field may take, or a None field be set to (the rest are drawn by type)

@@ -47,7 +47,7 @@ def test_a_given_checkpoint_wins_over_the_builtin_weights(tmp_path):
 
 def test_a_site_uses_its_own_copy_of_the_builtin_weights_and_no_other(tmp_path):
     spec = make_plan().model  # the digest travels, never the server's path
-    model = SiteRuntime(SiteSettings()).model(spec, num_classes=2, seed=0)
+    model, _layout = SiteRuntime(SiteSettings()).model(spec, num_classes=2, seed=0)
     expected = read_state_dict(builtin_checkpoint("tiny"))["mask_decoder.iou_token.weight"]
     assert torch.equal(model.sam.mask_decoder.iou_token.weight, expected)
     unknown = spec.model_copy(update={"checkpoint_sha256": "0" * 64})

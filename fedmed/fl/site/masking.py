@@ -173,7 +173,7 @@ def _admit_setup(session: SiteSession, transcript: RoundTranscript) -> None:
     memory = releases(session)
     try:
         memory.check_round(transcript.roster, global_sha256=transcript.global_sha256,
-                           participants=transcript.participants, dp=_private(transcript))
+                           participants=transcript.participants, dp=_charged(session, transcript))
         memory.admit_session(transcript.roster, transcript.session_id)
     except ReleaseRefused as error:
         raise session.refuse(str(error), [str(error)]) from None
@@ -188,8 +188,11 @@ def protocol_refusal(error: SecAggError) -> str:
     return reason
 
 
-def _private(transcript: RoundTranscript) -> bool:
-    return transcript.instructions.privacy.mode != "none"
+def _charged(session: SiteSession, transcript: RoundTranscript) -> bool:
+    """Whether a repeat of this sum would cost the site budget: a DP round under a capped ledger (a DP
+    round without a cap could be repeated for free, so it counts as not private here)."""
+    capped = session.policy is not None and session.policy.privacy.max_epsilon is not None
+    return transcript.instructions.privacy.mode != "none" and capped
 
 
 def _agree_to_sum(session: SiteSession, message: Message, transcript: RoundTranscript) -> None:
@@ -205,7 +208,7 @@ def _agree_to_sum(session: SiteSession, message: Message, transcript: RoundTrans
     memory = releases(session)
     try:
         memory.check_sum(transcript.roster, global_sha256=transcript.global_sha256, survivors=survivors,
-                         dp=_private(transcript))
+                         dp=_charged(session, transcript))
     except ReleaseRefused as error:
         reasons.append(str(error))
     session.decide("survivors", reasons)
@@ -236,7 +239,7 @@ def answer_stage(session: SiteSession, content: RecordDict) -> ArrayRecord:
     if isinstance(message, ConsistencyRequest):  # from its signature on, the server can unmask this sum
         releases(session).record_sum(transcript.roster, session=transcript.session_id,
                                      global_sha256=transcript.global_sha256,
-                                     survivors=tuple(sorted(message.survivors)), dp=_private(transcript))
+                                     survivors=tuple(sorted(message.survivors)), dp=_charged(session, transcript))
     return stage_record(reply.to_bytes())
 
 

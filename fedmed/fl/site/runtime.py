@@ -13,7 +13,8 @@ from pathlib import Path
 from fedmed.config import ModelSpec
 from fedmed.data import SiteData, load_sites, scan_data
 from fedmed.fl.site.settings import SiteSettings
-from fedmed.models import SamSegmenter, build_model
+from fedmed.fl.wire.layout import Layout
+from fedmed.models import SamSegmenter, build_model, trainable_state
 from fedmed.models.pretrained import file_sha256, find_builtin
 from fedmed.privacy.fingerprint import description_fingerprint
 from policies import Policy, load_policy
@@ -87,7 +88,7 @@ class SiteRuntime:
         self.settings = settings
         self.policy: Policy | None = load_policy(settings.policy) if settings.policy is not None else None
         self._data: dict[int, SiteData] = {}
-        self._models: dict[tuple, SamSegmenter] = {}
+        self._models: dict[tuple, tuple[SamSegmenter, Layout]] = {}
         self._checkpoint_ok: set[str] = set()
         self._fingerprint: str | None = None
 
@@ -104,12 +105,15 @@ class SiteRuntime:
             self._data[spec.size] = load_site_data(self.settings, image_size=spec.size)
         return self._data[spec.size]
 
-    def model(self, spec: ModelSpec, *, num_classes: int, seed: int) -> SamSegmenter:
+    def model(self, spec: ModelSpec, *, num_classes: int, seed: int) -> tuple[SamSegmenter, Layout]:
+        """The model these instructions build (its trainable tensors are overwritten by every round's
+        global vector) and its trainable layout, built once."""
         key = (spec.model_dump_json(), num_classes, seed)
         if key not in self._models:
             self._models.clear()  # one model at a time: a ViT-H copy is large
             config = spec.build_config(num_classes=num_classes, seed=seed, checkpoint=self._checkpoint(spec))
-            self._models[key] = build_model(config)
+            model = build_model(config)
+            self._models[key] = (model, Layout.of(trainable_state(model)))
         return self._models[key]
 
     def _checkpoint(self, spec: ModelSpec) -> str | None:

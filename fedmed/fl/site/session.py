@@ -23,7 +23,7 @@ from fedmed.fl.wire.layout import Layout
 from fedmed.fl.wire.messages import RoundRefused
 from fedmed.fl.wire.tensors import party_name
 from fedmed.fl.wire.transcript import RoundTranscript
-from fedmed.models import SamSegmenter, trainable_state
+from fedmed.models import SamSegmenter
 from policies import Policy, RoundRequest
 
 PARTY_STATE = "fedmed-site"  # Context.state ConfigRecord: {"party": the site's audit name}
@@ -65,8 +65,7 @@ class SiteSession:
         seed = instructions.federation.seed  # random initialisation: every party builds the same model
         self.data = self.runtime.data(instructions.model)
         num_classes = self.data.num_classes if own_classes else instructions.num_classes
-        self.model = self.runtime.model(instructions.model, num_classes=num_classes, seed=seed)
-        self.layout = Layout.of(trainable_state(self.model))
+        self.model, self.layout = self.runtime.model(instructions.model, num_classes=num_classes, seed=seed)
         if self.context is not None:
             self.context.state[PARTY_STATE] = ConfigRecord({"party": self.party})
 

@@ -14,6 +14,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -43,11 +44,11 @@ class Layout:
                 raise TypeError(f"tensor {name!r} is {tensor.dtype}; trainable tensors travel as float32")
         return cls(tuple(tensors), tuple(tuple(t.shape) for t in tensors.values()))
 
-    @property
+    @cached_property
     def numel(self) -> int:
         return sum(int(np.prod(shape, dtype=np.int64)) for shape in self.shapes)
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """SHA-256 of names, shapes and dtype: equal digests mean the same vector layout."""
         text = json.dumps({"dtype": WIRE_DTYPE, "names": self.names, "shapes": self.shapes}, separators=(",", ":"))
