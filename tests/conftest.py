@@ -16,7 +16,7 @@ def task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tests train small models in this process; on a busy 2-core machine two torch threads that wait
     for each other train the tiny model many times slower than one (0.05 s against 7 s a step)."""

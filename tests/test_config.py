@@ -162,7 +162,8 @@ def test_round_request_from_the_example():
     config = load_federation_config(EXAMPLE)
     request = config.round_request(NAMES, round=4, expected_bytes=1000)
     assert request.round == 4 and request.method == "fedmsa" and request.tensor_names == tuple(NAMES)
-    assert request.secure_aggregation.model_dump() == {"enabled": True, "threshold": 2, "num_clients": 3}
+    assert request.secure_aggregation.model_dump() == {"enabled": True, "threshold": 2, "num_clients": 3,
+                                                       "holders": 3, "weighting": "samples"}
     assert request.dp.model_dump() == {
         "mode": "sample", "epsilon_target": 8.0, "delta": 1e-5, "noise_multiplier": None, "max_grad_norm": 1.0,
     }  # fmt: skip

@@ -16,7 +16,7 @@ import hmac
 
 import numpy as np
 import pytest
-from adversary import DP_SGD, MaliciousServer, ScriptedRound, estimate_error, make_sites, reply_of
+from adversary import DP_SGD, MaliciousServer, ScriptedRound, estimate_error, make_sites, policy_file, reply_of
 from flwr.app import RecordDict
 from PIL import Image
 
@@ -68,7 +68,9 @@ def test_a_round_replayed_without_the_victim_is_never_unmasked(tmp_path, updates
 
 
 def test_under_dp_a_replay_is_allowed_and_charged(tmp_path, updates):
-    sites = make_sites(tmp_path, policy="research", privacy=DP_SGD)
+    """Under DP with a capped ledger a repeat costs budget, so it is allowed."""
+    capped = policy_file(tmp_path, "capped", 'extends = "research"\n[privacy]\nmax_epsilon = 100.0\n')
+    sites = make_sites(tmp_path, policy=capped, privacy=DP_SGD)
     server = MaliciousServer(sites)
     run_a, run_b = replay_without_the_victim(server)
     assert not run_b.refusals
@@ -82,6 +84,14 @@ def test_under_dp_a_replay_is_allowed_and_charged(tmp_path, updates):
     weight = (total_a[-1] - total_b[-1]) / run_a.transcript.config.clip  # the victim's weight / the max weight
     error, correlation = estimate_error((total_a[:-1] - total_b[:-1]) / weight, updates[sites.party(VICTIM)][0])
     assert error > 0.5, (error, correlation)  # the difference is the victim's update plus the others' DP noise
+
+
+def test_under_dp_without_a_cap_a_replay_is_free_and_so_refused(tmp_path, updates):
+    """`research` caps no epsilon: a DP repeat would cost nothing, so it is held to the no-DP rule."""
+    sites = make_sites(tmp_path, policy="research", privacy=DP_SGD)
+    _run_a, run_b = replay_without_the_victim(MaliciousServer(sites))
+    assert set(run_b.refusals) == set(OTHERS)
+    assert all("already agreed to a sum from the same global model" in r for r in run_b.refusals.values())
 
 
 def test_without_dp_a_nudged_global_vector_is_a_new_start_to_the_release_memory(tmp_path, updates):
