@@ -28,15 +28,20 @@ from torch.nn import functional as F
 from fedmed.recipes import get_recipe
 
 
-def one_hot_foreground(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """[B, S, S] label maps -> [B, K, S, S] float one-hot of the K = num_classes - 1 foreground classes."""
-    return one_hot(masks, num_classes)[:, 1:]
+def _hits(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[B, S, S] label maps -> bool [B, C, S, S], classes last in memory as `F.one_hot(...).permute` has
+    them, so reductions add in the same order as before recipes. A comparison, so vmap-safe."""
+    return (masks.unsqueeze(-1) == torch.arange(num_classes, device=masks.device)).permute(0, 3, 1, 2)
 
 
 def one_hot(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """[B, S, S] label maps -> [B, C, S, S] float one-hot of all C = num_classes classes (vmap-safe)."""
-    classes = torch.arange(num_classes, device=masks.device).view(1, -1, 1, 1)
-    return (masks.unsqueeze(1) == classes).float()
+    """[B, S, S] label maps -> [B, C, S, S] float one-hot of all C = num_classes classes."""
+    return _hits(masks, num_classes).float()
+
+
+def one_hot_foreground(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[B, S, S] label maps -> [B, K, S, S] float one-hot of the K = num_classes - 1 foreground classes."""
+    return _hits(masks, num_classes)[:, 1:].float()
 
 
 class SegmentationLoss(torch.nn.Module):
