@@ -57,7 +57,8 @@ class ModelConfig:
 def prepared_sam(config: ModelConfig) -> tuple[torch.nn.Module, MethodOptions, tuple[str, ...]]:
     """A SAM with the recipe's head built (no checkpoint, no method yet), the method options for the
     recipe, and the head's always-trained prefixes."""
-    recipe, head = get_recipe(config.recipe), get_head(get_recipe(config.recipe).head)
+    recipe = get_recipe(config.recipe)
+    head = get_head(recipe.head)
     sam = build_sam(config.arch, image_size=config.image_size,
                     num_multimask_outputs=head.num_multimask_outputs(config.num_classes))
     head.build(sam, config.num_classes)

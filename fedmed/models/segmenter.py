@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedmed.models.heads import get_head
+from fedmed.models.heads import Head, get_head
 
 PROMPT_MODES = ("box", "none")
 INPUT_NORMS = ("sam", "unit")
@@ -46,7 +46,7 @@ class SamSegmenter(nn.Module):
         num_foreground = num_classes - 1
         if num_foreground < 1:
             raise ValueError(f"num_classes must be at least 2 (background + 1), got {num_classes}")
-        self.head = get_head(head)
+        self.head_kind = get_head(head).kind  # the name, so the module pickles; `head` looks it up
         if head != "sam" and prompt != "none":
             raise ValueError(f"the {head!r} head decodes without prompts; it needs prompt 'none', got {prompt!r}")
         if prompt == "none" and max(self.head.tokens(num_classes)) >= sam.mask_decoder.num_mask_tokens:
@@ -58,6 +58,11 @@ class SamSegmenter(nn.Module):
         self.num_classes = num_classes
         self.prompt = prompt
         self.input_norm = input_norm
+
+    @property
+    def head(self) -> Head:
+        """The decoder head (`fedmed.models.heads`)."""
+        return get_head(self.head_kind)
 
     @property
     def activation(self) -> str:

@@ -1,6 +1,8 @@
 """The lr schedule by global step: FLAP-SAM's warm-up and (1 - t/T)^7 decay, and a constant lr."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedmed.recipes import ScheduleSpec, get_recipe
 from fedmed.train import lr_at, planned_total_steps
@@ -53,3 +55,12 @@ def test_a_constant_schedule_needs_no_horizon_and_decay_without_warmup_starts_at
 def test_planned_total_steps_counts_partial_batches_and_the_horizon():
     assert planned_total_steps(FLAP, num_samples=100, batch_size=24, epochs=3) == 2 * 3 * 5
     assert planned_total_steps(ScheduleSpec(), num_samples=8, batch_size=8, epochs=1) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(step=st.integers(0, 10**6), warmup=st.integers(0, 1000), power=st.floats(0, 10),
+       total=st.integers(1, 10**5), base=st.floats(1e-8, 1.0))
+def test_the_lr_never_exceeds_the_base_lr_nor_goes_below_zero(step, warmup, power, total, base):
+    """A site's policy bounds the lr the server sends; no schedule may step above it."""
+    schedule = ScheduleSpec(warmup_steps=warmup, decay_power=power)
+    assert 0.0 <= lr_at(step, base_lr=base, schedule=schedule, total_steps=total) <= base
