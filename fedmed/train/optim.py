@@ -5,8 +5,9 @@ across rounds; fedmed's default recipe makes a new one every round. The state le
 as a plain dict of CPU tensors and numbers (`torch.save`-able, `weights_only`-loadable), which a
 site keeps in its private state directory and hands back next round:
 
-    result = train_local(model, data, config, optimizer_state=previous)   # previous: None at first
-    torch.save(result.optimizer_state, state_dir / "optimizer.pt")
+    previous = load_state(path) if path.exists() else None
+    result = train_local(model, data, config, optimizer_state=previous)
+    save_state(path, result.optimizer_state)   # atomic: a crash keeps the previous file whole
 
 The state names the recipe, the optimizer and the trainable tensors it belongs to; restoring it into
 another model or recipe raises `OptimizerStateError` naming the difference. The config's
@@ -15,10 +16,12 @@ hyper-parameters (lr, weight decay, betas) win over the saved ones, so the serve
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedmed.io import save_record
 from fedmed.recipes import get_recipe
 
 STATE_FORMAT = "fedmed-optimizer-v1"
@@ -70,9 +73,10 @@ def restore_state(optimizer: torch.optim.Optimizer, state: dict, *, names: list[
     """
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise OptimizerStateError(f"not a fedmed optimizer state (format {STATE_FORMAT!r} expected)")
-    expected = {"recipe": config.recipe, "optimizer": get_recipe(config.recipe).optimizer.kind, "names": list(names)}
-    problems = [f"{key}: saved {_short(state.get(key))}, now {_short(value)}"
+    expected = {"recipe": config.recipe, "optimizer": get_recipe(config.recipe).optimizer.kind}
+    problems = [f"{key}: saved {state.get(key)!r}, now {value!r}"
                 for key, value in expected.items() if state.get(key) != value]
+    problems += _name_problems(state.get("names"), list(names))
     step = state.get("step")
     if not isinstance(step, int) or step < 0:
         problems.append(f"step: {step!r} is not a count of steps")
@@ -88,7 +92,32 @@ def restore_state(optimizer: torch.optim.Optimizer, state: dict, *, names: list[
     return step
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, list) and len(value) > 4:
-        return f"{len(value)} tensors [{value[0]!r}, ..., {value[-1]!r}]"
-    return repr(value)
+def _name_problems(saved: Any, now: list[str]) -> list[str]:
+    """How the saved trainable tensors differ from the model's: count, then the first differing name."""
+    if not isinstance(saved, list):
+        return ["names: the saved state lists no trainable tensors"]
+    if saved == now:
+        return []
+    if len(saved) != len(now):
+        return [f"names: saved for {len(saved)} trainable tensors, the model has {len(now)}"]
+    index = next(i for i, (a, b) in enumerate(zip(saved, now)) if a != b)
+    return [f"names: tensor {index} is {saved[index]!r} in the saved state, {now[index]!r} in the model"]
+
+
+def save_state(path: str | Path, state: dict) -> Path:
+    """Write a state from `export_state` to `path` atomically (a crash leaves the old file whole)."""
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise OptimizerStateError(f"{path}: refusing to write something that is not a fedmed optimizer state")
+    return save_record(path, state)
+
+
+def load_state(path: str | Path) -> dict:
+    """Read a state written by `save_state` (tensors only, no code: `weights_only`), naming the file if
+    it is unreadable or not an optimizer state. Whether it fits the model is `restore_state`'s check."""
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt or foreign file
+        raise OptimizerStateError(f"{path}: unreadable optimizer state ({error})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise OptimizerStateError(f"{path}: not a fedmed optimizer state (format {STATE_FORMAT!r} expected)")
+    return state

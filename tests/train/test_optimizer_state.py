@@ -9,7 +9,7 @@ import torch
 from fedmed.models import ModelConfig, build_model, load_trainable_state, trainable_state
 from fedmed.train import OptimizerStateError, TrainConfig, lr_at, make_loss, make_optimizer, train_local, training_step
 from fedmed.recipes import get_recipe
-from fedmed.train.optim import export_state, restore_state
+from fedmed.train.optim import export_state, load_state, restore_state, save_state
 
 SIZE = 64
 SCHEDULE = get_recipe("flap-sam").schedule
@@ -99,7 +99,7 @@ def test_a_state_from_another_model_recipe_or_file_is_refused_naming_the_differe
     model = _model()
     state = export_state(make_optimizer(model, config), names=model.trainable_names, recipe="flap-sam", step=5)
     samed = _model(method="samed")
-    with pytest.raises(OptimizerStateError, match="names: saved"):
+    with pytest.raises(OptimizerStateError, match="names: saved for 71 trainable tensors, the model has 132"):
         restore_state(make_optimizer(samed, config), state, names=samed.trainable_names, config=config)
     default = TrainConfig(device="cpu")
     with pytest.raises(OptimizerStateError, match="recipe: saved 'flap-sam', now 'default'"):
@@ -122,3 +122,21 @@ def test_the_configs_hyperparameters_win_over_the_saved_ones():
     assert (group["lr"], group["weight_decay"], group["betas"]) == (8e-4, 0.1, (0.9, 0.999))
     assert isinstance(optimizer, torch.optim.AdamW)
     assert type(make_optimizer(_model("fedfms"), TrainConfig.from_recipe("fedfms"))) is torch.optim.Adam
+
+
+def test_a_saved_state_is_written_whole_and_a_corrupt_or_foreign_file_is_refused_naming_it(tmp_path):
+    model = _model("fedfms")
+    config = TrainConfig.from_recipe("fedfms", device="cpu", batch_size=2)
+    state = train_local(model, _data(2), config).optimizer_state
+    path = save_state(tmp_path / "site" / "optimizer.pt", state)
+    loaded = load_state(path)
+    assert loaded["step"] == 1 and loaded["names"] == model.trainable_names
+    (tmp_path / "broken.pt").write_bytes(b"not a torch file")
+    with pytest.raises(OptimizerStateError, match="broken.pt: unreadable optimizer state"):
+        load_state(tmp_path / "broken.pt")
+    torch.save({"tensors": {}}, tmp_path / "other.pt")
+    with pytest.raises(OptimizerStateError, match="other.pt: not a fedmed optimizer state"):
+        load_state(tmp_path / "other.pt")
+    with pytest.raises(OptimizerStateError, match="refusing to write"):
+        save_state(path, {"state": {}})
+    assert load_state(path)["step"] == 1  # what was written before is still whole
