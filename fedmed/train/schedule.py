@@ -26,7 +26,7 @@ def lr_at(step: int, *, base_lr: float, schedule: ScheduleSpec, total_steps: int
         raise ValueError(f"step must be >= 0, got {step}")
     warmup = schedule.warmup_steps
     if warmup and step <= warmup:
-        return base_lr * max(step, 1) / warmup
+        return base_lr * (max(step, 1) / warmup)  # a factor <= 1 first: never a rounding step above base_lr
     if schedule.decay_power == 0 or step == 0:
         return base_lr
     if not total_steps or total_steps < 1:
