@@ -77,6 +77,8 @@ def restore_state(optimizer: torch.optim.Optimizer, state: dict, *, names: list[
     problems = [f"{key}: saved {state.get(key)!r}, now {value!r}"
                 for key, value in expected.items() if state.get(key) != value]
     problems += _name_problems(state.get("names"), list(names))
+    if not problems:
+        problems += _shape_problems(optimizer, state.get("state"), list(names))
     step = state.get("step")
     if not isinstance(step, int) or step < 0:
         problems.append(f"step: {step!r} is not a count of steps")
@@ -102,6 +104,20 @@ def _name_problems(saved: Any, now: list[str]) -> list[str]:
         return [f"names: saved for {len(saved)} trainable tensors, the model has {len(now)}"]
     index = next(i for i, (a, b) in enumerate(zip(saved, now)) if a != b)
     return [f"names: tensor {index} is {saved[index]!r} in the saved state, {now[index]!r} in the model"]
+
+
+def _shape_problems(optimizer: torch.optim.Optimizer, saved: Any, names: list[str]) -> list[str]:
+    """Saved moments whose shape is not their tensor's (same names, other sizes: e.g. another LoRA rank)."""
+    per_param = saved.get("state") if isinstance(saved, dict) else None
+    if not isinstance(per_param, dict):
+        return ["state: no per-tensor optimizer state"]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    problems = []
+    for index, (name, param) in enumerate(zip(names, params)):
+        for key, value in per_param.get(index, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                problems.append(f"{name}: saved {key} is {tuple(value.shape)}, the tensor is {tuple(param.shape)}")
+    return problems
 
 
 def save_state(path: str | Path, state: dict) -> Path:

@@ -101,6 +101,10 @@ def test_a_state_from_another_model_recipe_or_file_is_refused_naming_the_differe
     samed = _model(method="samed")
     with pytest.raises(OptimizerStateError, match="names: saved for 71 trainable tensors, the model has 132"):
         restore_state(make_optimizer(samed, config), state, names=samed.trainable_names, config=config)
+    rank_8 = _model(lora_rank=8)  # the same tensor names, other shapes
+    trained = train_local(_model(), _data(2), replace(config, batch_size=2)).optimizer_state
+    with pytest.raises(OptimizerStateError, match=r"lora_q_a: saved exp_avg is \(32, 96\), the tensor is \(8, 96\)"):
+        restore_state(make_optimizer(rank_8, config), trained, names=rank_8.trainable_names, config=config)
     default = TrainConfig(device="cpu")
     with pytest.raises(OptimizerStateError, match="recipe: saved 'flap-sam', now 'default'"):
         restore_state(make_optimizer(model, default), state, names=model.trainable_names, config=default)
