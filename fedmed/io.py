@@ -41,6 +41,11 @@ def save_trainable(path: str | Path, tensors: dict[str, torch.Tensor], **meta: A
     return _atomic_replace(Path(path), lambda stream: torch.save(record, stream))
 
 
+def save_record(path: str | Path, record: Any) -> Path:
+    """Save any `torch.save`-able record (nested dicts and lists of tensors and numbers) atomically."""
+    return _atomic_replace(Path(path), lambda stream: torch.save(record, stream))
+
+
 def save_state_dict(path: str | Path, state: dict[str, torch.Tensor]) -> Path:
     """Save a plain state dict (name -> tensor, e.g. SAM's official layout) atomically."""
     tensors = {k: v.detach().cpu() for k, v in state.items()}

@@ -3,7 +3,8 @@
 Each encoder block gets two bottleneck adapters (Linear dim -> ratio*dim, GELU, Linear back):
 one on the attention output (added as a residual inside the adapter) and one in parallel with the
 MLP, scaled by 0.5, as MSA does. The last projection starts at zero, so an adapted block computes
-exactly what the plain block computes until training moves it.
+exactly what the plain block computes until training moves it; with `zero_init=False` it keeps
+nn.Linear's own init, as FedFMS's code does (`models/sam/modeling/common.py:18-19`).
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ _image_encoder = import_sam_modeling().image_encoder
 class Adapter(nn.Module):
     """Bottleneck MLP: [..., dim] -> [..., dim]; `residual=True` returns x + mlp(x)."""
 
-    def __init__(self, dim: int, *, ratio: float = 0.25, residual: bool = True) -> None:
+    def __init__(self, dim: int, *, ratio: float = 0.25, residual: bool = True, zero_init: bool = True) -> None:
         super().__init__()
         hidden = max(1, int(dim * ratio))
         self.down = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.up = nn.Linear(hidden, dim)
         self.residual = residual
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        if zero_init:
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         delta = self.up(self.act(self.down(x)))
@@ -54,7 +56,7 @@ class AdaptedBlock(_image_encoder.Block):
         return x + self.mlp(normed) + self.mlp_adapter_scale * self.adapter.mlp(normed)
 
 
-def add_adapters(image_encoder: nn.Module, *, ratio: float = 0.25) -> list[nn.Module]:
+def add_adapters(image_encoder: nn.Module, *, ratio: float = 0.25, zero_init: bool = True) -> list[nn.Module]:
     """Give every block of `image_encoder` an `adapter` (attn, mlp) and the adapted forward.
 
     Parameter names of the block stay as they were; the new ones are `blocks.<i>.adapter.{attn,mlp}.*`.
@@ -65,7 +67,10 @@ def add_adapters(image_encoder: nn.Module, *, ratio: float = 0.25) -> list[nn.Mo
     for block in image_encoder.blocks:
         dim = block.norm1.normalized_shape[0]
         block.adapter = nn.ModuleDict(
-            {"attn": Adapter(dim, ratio=ratio, residual=True), "mlp": Adapter(dim, ratio=ratio, residual=False)}
+            {
+                "attn": Adapter(dim, ratio=ratio, residual=True, zero_init=zero_init),
+                "mlp": Adapter(dim, ratio=ratio, residual=False, zero_init=zero_init),
+            }
         )
         block.__class__ = AdaptedBlock
         added.append(block.adapter)

@@ -3,7 +3,8 @@
 For an image size other than the checkpoint's, the absolute positional embedding
 (`image_encoder.pos_embed`, [1, G, G, C]) is resized bicubically to the new grid, and the relative
 position tables of global-attention blocks (`rel_pos_h/w`, [2G-1, head_dim]) linearly, as SAMed and
-FLAP-SAM do. Windowed blocks' tables depend on the window size only and are unchanged.
+FLAP-SAM do. Windowed blocks' tables depend on the window size only and are unchanged. Tensors under a `skip`
+prefix are never loaded (a head that re-initialises them, as FLAP-SAM's does) and are reported.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -73,16 +75,19 @@ def _fit_to_model(state: dict[str, torch.Tensor], model_state: dict[str, torch.T
     return resized
 
 
-def load_sam_checkpoint(sam: nn.Module, path: str | Path) -> LoadReport:
+def load_sam_checkpoint(sam: nn.Module, path: str | Path, *, skip: tuple[str, ...] = ()) -> LoadReport:
     """Load an official SAM/MedSAM checkpoint into a plain (method-free) SAM.
 
     Raises CheckpointError naming the first tensor whose shape does not fit, with both shapes, and
     refuses a checkpoint none of whose tensors match the model. Missing and unexpected keys are
-    reported, not fatal.
+    reported, not fatal; tensors under a `skip` prefix are left as the model has them (`skipped`).
     """
     state = dict(read_state_dict(path))
+    skipped = [name for name in state if name.startswith(skip)] if skip else []
+    for name in skipped:
+        del state[name]
     model_state = sam.state_dict()
-    report = LoadReport(path=str(path), resized=_fit_to_model(state, model_state))
+    report = LoadReport(path=str(path), resized=_fit_to_model(state, model_state), skipped=skipped)
     for name, tensor in state.items():
         target = model_state.get(name)
         if target is not None and target.shape != tensor.shape:

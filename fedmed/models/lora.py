@@ -1,7 +1,9 @@
 """LoRA (Hu et al. 2021) on SAM's attention projections, keeping the frozen weights' names.
 
 A LoRA layer adds `scale * B @ A @ x` (A: [r, in], B: [out_slice, r], scale = alpha / r) to the
-frozen linear output. B starts at zero, so the layer is the plain layer until training moves it.
+frozen linear output. A starts as nn.Linear's weight does (Kaiming-uniform); B starts at zero, so the
+layer is the plain layer until training moves it, unless `zero_init=False` (FLAP-SAM's code, whose A and
+B are both plain `nn.Linear` layers): then B starts like A, at Kaiming-uniform over its fan-in r.
 The linear module's class is swapped in place, so `...qkv.weight` keeps its name and the new
 tensors are `...qkv.lora_q_a` etc.
 """
@@ -15,10 +17,12 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def _lora_pair(in_features: int, out_features: int, rank: int) -> tuple[nn.Parameter, nn.Parameter]:
+def _lora_pair(in_features: int, out_features: int, rank: int, zero_init: bool) -> tuple[nn.Parameter, nn.Parameter]:
     a = nn.Parameter(torch.empty(rank, in_features))
     nn.init.kaiming_uniform_(a, a=math.sqrt(5))
     b = nn.Parameter(torch.zeros(out_features, rank))
+    if not zero_init:
+        nn.init.kaiming_uniform_(b, a=math.sqrt(5))
     return a, b
 
 
@@ -45,36 +49,36 @@ class LoRAQKV(nn.Linear):
         return qkv + self.lora_scale * delta
 
 
-def add_lora(linear: nn.Linear, *, rank: int, alpha: float) -> nn.Linear:
+def add_lora(linear: nn.Linear, *, rank: int, alpha: float, zero_init: bool = True) -> nn.Linear:
     """Turn `linear` into a LoRALinear in place; returns it."""
-    linear.lora_a, linear.lora_b = _lora_pair(linear.in_features, linear.out_features, rank)
+    linear.lora_a, linear.lora_b = _lora_pair(linear.in_features, linear.out_features, rank, zero_init)
     linear.lora_scale = alpha / rank
     linear.__class__ = LoRALinear
     return linear
 
 
-def add_lora_qkv(qkv: nn.Linear, *, rank: int, alpha: float) -> nn.Linear:
+def add_lora_qkv(qkv: nn.Linear, *, rank: int, alpha: float, zero_init: bool = True) -> nn.Linear:
     """Turn a fused qkv linear (out = 3 * dim) into a LoRAQKV in place; returns it."""
     dim = qkv.out_features // 3
-    qkv.lora_q_a, qkv.lora_q_b = _lora_pair(qkv.in_features, dim, rank)
-    qkv.lora_v_a, qkv.lora_v_b = _lora_pair(qkv.in_features, dim, rank)
+    qkv.lora_q_a, qkv.lora_q_b = _lora_pair(qkv.in_features, dim, rank, zero_init)
+    qkv.lora_v_a, qkv.lora_v_b = _lora_pair(qkv.in_features, dim, rank, zero_init)
     qkv.lora_scale = alpha / rank
     qkv.__class__ = LoRAQKV
     return qkv
 
 
-def lora_encoder(image_encoder: nn.Module, *, rank: int, alpha: float) -> None:
+def lora_encoder(image_encoder: nn.Module, *, rank: int, alpha: float, zero_init: bool = True) -> None:
     """LoRA on q and v of every image-encoder block."""
     for block in image_encoder.blocks:
-        add_lora_qkv(block.attn.qkv, rank=rank, alpha=alpha)
+        add_lora_qkv(block.attn.qkv, rank=rank, alpha=alpha, zero_init=zero_init)
 
 
-def lora_decoder_attention(mask_decoder: nn.Module, *, rank: int, alpha: float) -> None:
+def lora_decoder_attention(mask_decoder: nn.Module, *, rank: int, alpha: float, zero_init: bool = True) -> None:
     """LoRA on q_proj and v_proj of every attention in the decoder's two-way transformer."""
     transformer = mask_decoder.transformer
     attentions = [transformer.final_attn_token_to_image]
     for layer in transformer.layers:
         attentions += [layer.self_attn, layer.cross_attn_token_to_image, layer.cross_attn_image_to_token]
     for attention in attentions:
-        add_lora(attention.q_proj, rank=rank, alpha=alpha)
-        add_lora(attention.v_proj, rank=rank, alpha=alpha)
+        add_lora(attention.q_proj, rank=rank, alpha=alpha, zero_init=zero_init)
+        add_lora(attention.v_proj, rank=rank, alpha=alpha, zero_init=zero_init)

@@ -25,11 +25,12 @@ from fedmed.models.lora import lora_decoder_attention, lora_encoder
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Sizes of the inserted modules: LoRA rank and alpha, adapter bottleneck ratio."""
+    """Sizes of the inserted modules (LoRA rank and alpha, adapter bottleneck ratio) and their init."""
 
     lora_rank: int = 4
     lora_alpha: float | None = None  # None: alpha = rank (scale 1)
     adapter_ratio: float = 0.25
+    zero_init: bool = True  # LoRA B and the adapters' last projection start at zero (round 0 = plain model)
 
     @property
     def alpha(self) -> float:
@@ -62,16 +63,16 @@ def _insert_nothing(sam: nn.Module, options: MethodOptions) -> None:
 
 
 def _insert_msa(sam: nn.Module, options: MethodOptions) -> None:
-    add_adapters(sam.image_encoder, ratio=options.adapter_ratio)
+    add_adapters(sam.image_encoder, ratio=options.adapter_ratio, zero_init=options.zero_init)
 
 
 def _insert_flap(sam: nn.Module, options: MethodOptions) -> None:
-    lora_encoder(sam.image_encoder, rank=options.lora_rank, alpha=options.alpha)
-    lora_decoder_attention(sam.mask_decoder, rank=options.lora_rank, alpha=options.alpha)
+    lora_encoder(sam.image_encoder, rank=options.lora_rank, alpha=options.alpha, zero_init=options.zero_init)
+    lora_decoder_attention(sam.mask_decoder, rank=options.lora_rank, alpha=options.alpha, zero_init=options.zero_init)
 
 
 def _insert_samed(sam: nn.Module, options: MethodOptions) -> None:
-    lora_encoder(sam.image_encoder, rank=options.lora_rank, alpha=options.alpha)
+    lora_encoder(sam.image_encoder, rank=options.lora_rank, alpha=options.alpha, zero_init=options.zero_init)
 
 
 METHODS: dict[str, Method] = {
@@ -109,16 +110,19 @@ def get_method(name: str) -> Method:
         raise UnknownMethodError(f"unknown method {name!r}; choose one of {sorted(METHODS)}") from None
 
 
-def apply_method(sam: nn.Module, name: str, options: MethodOptions | None = None) -> list[str]:
+def apply_method(
+    sam: nn.Module, name: str, options: MethodOptions | None = None, *, always_train: tuple[str, ...] = ()
+) -> list[str]:
     """Insert method `name`'s modules into `sam`, freeze the rest; return the trainable tensor names.
 
-    The names are in `sam.named_parameters()` order, which is the order tensors travel in.
+    `always_train`: name prefixes that train whatever the method (a head's new modules, which have
+    no pretrained value). The names are in `sam.named_parameters()` order, the order tensors travel in.
     """
     method = get_method(name)
     method.insert(sam, options or MethodOptions())
     trainable = []
     for param_name, param in sam.named_parameters():
-        param.requires_grad_(method.trains(param_name))
+        param.requires_grad_(method.trains(param_name) or param_name.startswith(always_train))
         if param.requires_grad:
             trainable.append(param_name)
     return trainable

@@ -68,10 +68,11 @@ def arch_spec(arch: str) -> ArchSpec:
         raise UnknownArchError(f"unknown architecture {arch!r}; choose one of {sorted(ARCH_PRESETS)}") from None
 
 
-def build_sam(arch: str, *, image_size: int | None = None) -> nn.Module:
+def build_sam(arch: str, *, image_size: int | None = None, num_multimask_outputs: int = 3) -> nn.Module:
     """Build a randomly initialised SAM (`segment_anything.modeling.Sam`) of a preset architecture.
 
-    `image_size` (px, a multiple of the patch size) overrides the preset's input size.
+    `image_size` (px, a multiple of the patch size) overrides the preset's input size;
+    `num_multimask_outputs` + 1 is the decoder's number of mask tokens (SAM's: 3 + 1).
     """
     spec = arch_spec(arch)
     size = image_size or spec.image_size
@@ -101,7 +102,7 @@ def build_sam(arch: str, *, image_size: int | None = None) -> nn.Module:
             mask_in_chans=spec.mask_in_chans,
         ),
         mask_decoder=modeling.MaskDecoder(
-            num_multimask_outputs=3,
+            num_multimask_outputs=num_multimask_outputs,
             transformer=modeling.TwoWayTransformer(
                 depth=2,
                 embedding_dim=spec.prompt_embed_dim,

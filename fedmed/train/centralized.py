@@ -6,20 +6,21 @@ Writes `out/metrics.json` (per-epoch and final validation metrics per site; the 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-
-import math
 
 from torch.utils.data import ConcatDataset
 
 from fedmed.data.types import SiteData
 from fedmed.io import save_trainable, write_json
 from fedmed.models import ModelConfig, build_model, trainable_state
+from fedmed.recipes import get_recipe
 from fedmed.train.evaluate import evaluate
-from fedmed.train.loop import TrainConfig, make_optimizer, resolve_device, train_local
+from fedmed.train.loop import TrainConfig, resolve_device, train_local
+from fedmed.train.schedule import planned_total_steps
 
 
 def mean_over_sites(per_site: dict[str, dict], key: str) -> float:
@@ -50,16 +51,22 @@ def train_centralized(
     on_epoch: Callable[[int, dict], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict:
-    """Train on all sites' training data for `train_config.epochs`, evaluating after each epoch."""
+    """Train on all sites' training data for `train_config.epochs`, evaluating after each epoch.
+
+    One optimizer (its state carried from epoch to epoch) and one lr schedule over the whole run.
+    """
     out = Path(out)
     started = time.perf_counter()
     model = build_model(model_config)
     union = ConcatDataset([site.train for site in sites])
-    optimizer = make_optimizer(model, train_config)
-    epochs = []
+    total_steps = train_config.total_steps or planned_total_steps(
+        get_recipe(train_config.recipe).schedule, num_samples=len(union), batch_size=train_config.batch_size,
+        epochs=train_config.epochs)
+    state, epochs = None, []
     for epoch in range(1, train_config.epochs + 1):
-        epoch_config = TrainConfig(**{**asdict(train_config), "epochs": 1, "seed": train_config.seed + epoch})
-        result = train_local(model, union, epoch_config, optimizer=optimizer, on_step=on_step)
+        epoch_config = replace(train_config, epochs=1, seed=train_config.seed + epoch, total_steps=total_steps)
+        result = train_local(model, union, epoch_config, optimizer_state=state, on_step=on_step)
+        state = result.optimizer_state
         record = {"epoch": epoch, "train_loss": result.loss, "val": evaluate_sites(model, sites, train_config)}
         epochs.append(record)
         if on_epoch:

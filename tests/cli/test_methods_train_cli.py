@@ -59,3 +59,32 @@ def test_train_on_bad_data_stops_before_any_work_naming_the_file(tmp_path):
     assert result.exit_code == 2
     assert "a.png" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_methods_counts_flap_sam_under_its_recipe_exactly():
+    args = ["methods", "--recipe", "flap-sam", "--arch", "vit_b", "--image-size", "224", "--lora-rank", "32", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    costs = json.loads(result.output)
+    assert costs["flap-sam"]["trainable_params"] == 1_846_384 and costs["fedsam"]["trainable_params"] == 90_532_927
+    ratios = {name: round(cost["times_smaller_than_fedsam"], 1) for name, cost in costs.items()}
+    assert (ratios["flap-sam"], ratios["lora-only"], ratios["samed (FLAP-SAM's)"], ratios["decoder-only"]) == (
+        49.0, 66.2, 17.2, 23.2)
+    defaults = json.loads(runner.invoke(app, ["methods", "--recipe", "flap-sam", "--arch", "vit_b", "--json"]).output)
+    assert defaults == costs  # the recipe's own size and rank
+    table = runner.invoke(app, ["methods", "--recipe", "flap-sam", "--arch", "vit_b"]).output
+    assert "1,846,384" in table and "recipe flap-sam" in table
+
+
+def test_train_with_a_recipe_records_it_and_an_unknown_recipe_names_the_choices(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "fedfms", "--epochs", "1", "--samples-per-site", "6", "--num-sites", "2",
+            "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"]["recipe"] == metrics["train"]["recipe"] == "fedfms"
+    assert (metrics["model"]["method"], metrics["train"]["lr"], metrics["train"]["batch_size"]) == ("fedmsa", 1e-4, 4)
+    assert metrics["model"]["image_size"] is None  # tiny keeps its 128 px
+    result = runner.invoke(app, ["train", "--recipe", "flap", "--out", str(tmp_path / "other")])
+    assert result.exit_code == 2 and "flap-sam" in result.output and not (tmp_path / "other").exists()
