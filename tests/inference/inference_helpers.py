@@ -25,6 +25,16 @@ def perturbed(model, scale: float = 0.02, seed: int = 1) -> dict[str, torch.Tens
             for name, tensor in trainable_state(model).items()}
 
 
+def thresholding(predictor, calls: list | None = None):
+    """Make a `Predictor`'s model call every bright input pixel foreground (class 1), recording its prompts."""
+    def forward(images, boxes=None, present=None):
+        if calls is not None:
+            calls.append((boxes, present))
+        return (images[:, :1] > 127).float() * 40 - 20
+    predictor.model.forward = forward
+    return predictor
+
+
 def tiny_config(method: str = "flap-sam", **changes) -> ModelConfig:
     return ModelConfig(**{"method": method, "checkpoint": str(builtin_checkpoint("tiny")), **changes})
 

@@ -1,6 +1,7 @@
 """`fedmed evaluate` on a small NIfTI federation (volumes of a known affine and spacing): per-volume Dice
 matches numpy on the files `fedmed predict` writes, the prompt mode is in every output, no test split
-is a clear error; and the built-in synthetic data through predict and evaluate."""
+is a clear error; and the built-in synthetic data through predict and evaluate. The sites keep their split
+in `ROOT/splits` (as a site keeps it in `STATE/splits`), which evaluate reads with `--split-dir`."""
 
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ def invoke(*args: str):
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    """Two NIfTI sites and a run directory of a tiny flap-sam model trained on them (tensors perturbed)."""
+    """Two NIfTI sites (their splits kept in ROOT/splits) and a run directory of a tiny flap-sam model
+    trained on them (tensors perturbed)."""
     root = tmp_path_factory.mktemp("nifti")
     for site in ("hospital-a", "hospital-b"):
         nifti_dataset(root / "sites" / site, cases=2)
-    site = load_sites(root / "sites", image_size=128)[0]
+    site = load_sites(root / "sites", image_size=128, split_dir=root / "splits")[0]
     config = tiny_config("flap-sam")
     run = run_dir(root / "run", config, perturbed(build_model(config), scale=0.002), class_names=site.class_names,
                   normalisation=normalisation_of(site))
@@ -69,7 +71,7 @@ def test_per_volume_dice_matches_numpy_on_the_predicted_files(federation):
 def test_oracle_boxes_are_named_in_every_output(federation):
     root, run = federation
     report = invoke("evaluate", "--model", str(run), "--data", str(root / "sites" / "hospital-a"), "--split", "val",
-                    "--prompt", "oracle-boxes", "--device", "cpu")
+                    "--split-dir", str(root / "splits"), "--prompt", "oracle-boxes", "--device", "cpu")
     assert report.exit_code == 0, report.output
     out = run / "evaluation-val-oracle-boxes"
     assert "prompt: oracle-boxes" in report.output and "which inference does not have" in report.output
@@ -78,10 +80,13 @@ def test_oracle_boxes_are_named_in_every_output(federation):
         assert {row["prompt"] for row in csv.DictReader(stream)} == {"oracle-boxes"}
 
 
-def test_a_dataset_without_a_test_split_says_so(federation):
+def test_a_split_drawn_anew_or_an_empty_test_side_is_refused(federation):
     root, run = federation
     report = invoke("evaluate", "--model", str(run), "--data", str(root / "sites"), "--split", "test")
-    assert report.exit_code == 2 and "no test split" in report.output and "--split val" in report.output
+    assert report.exit_code == 2 and "kept in the site's state" in report.output and "--split-dir" in report.output
+    report = invoke("evaluate", "--model", str(run), "--data", str(root / "sites"), "--split", "test",
+                    "--split-dir", str(root / "splits"))  # two patients a site: one trains, one validates
+    assert report.exit_code == 2 and "the test split of hospital-a, hospital-b holds no case" in report.output
 
 
 def test_predict_and_evaluate_on_the_builtin_synthetic_data(tmp_path):
@@ -94,12 +99,18 @@ def test_predict_and_evaluate_on_the_builtin_synthetic_data(tmp_path):
                        str(tmp_path / "pred"))
     assert predicted.exit_code == 0, predicted.output
     assert np.asarray(Image.open(tmp_path / "pred" / "scan.png")).shape == (50, 70)
+    predicted = invoke("predict", "--model", str(run), "--input", "synthetic", "--num-sites", "2",
+                       "--samples-per-site", "5", "--out", str(tmp_path / "pred"))
+    assert predicted.exit_code == 0, predicted.output
+    assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in (tmp_path / "pred").rglob("*.png")) == [
+        "scan.png", "site-0/0005.png", "site-1/0005.png"]  # the synthetic sites' test pictures
+    assert np.asarray(Image.open(tmp_path / "pred" / "site-1" / "0005.png")).shape == (32, 32)
     evaluated = invoke("evaluate", "--model", str(run), "--data", "synthetic", "--num-sites", "2",
                        "--samples-per-site", "5")
     assert evaluated.exit_code == 0, evaluated.output
-    result = json.loads((run / "evaluation-val-none" / "evaluation.json").read_text())
+    result = json.loads((run / "evaluation-test-none" / "evaluation.json").read_text())
     assert result["cases"] == 2 and result["method"] == "samed" and result["prompt"] == "none"
-    assert {r["case"] for r in result["rows"]} == {"site-0/0004", "site-1/0004"}  # the run's validation split
+    assert {r["case"] for r in result["rows"]} == {"site-0/0005", "site-1/0005"}  # the test pictures, after 5 a site
 
 
 def test_boxes_from_a_file_are_used_and_named(federation):
@@ -117,6 +128,6 @@ def test_boxes_from_a_file_are_used_and_named(federation):
     result = json.loads((root / "boxed" / "evaluation.json").read_text())
     assert result["prompt"] == "boxes" and result["cases"] == 2 and result["mean"]["dice"] > 0.5
     (root / "ghost.csv").write_text("image,class,x0,y0,z0,x1,y1,z1\nghost.nii.gz,organ,1,1,1,2,2,2\n")
-    refused = invoke("evaluate", "--model", str(run), "--data", str(site), "--prompt", "boxes",
+    refused = invoke("evaluate", "--model", str(run), "--data", str(site), "--split", "all", "--prompt", "boxes",
                      "--boxes", str(root / "ghost.csv"))
     assert refused.exit_code == 2 and "ghost.csv" in refused.output and "'ghost.nii.gz'" in refused.output
