@@ -73,7 +73,10 @@ def predict(
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("predicting", total=None)
-            follow = lambda done, total, r: bar.update(task, completed=done, total=total, description=r.name)  # noqa: E731
+
+            def follow(done: int, total: int, result) -> None:
+                bar.update(task, completed=done, total=total, description=result.name)
+
             if str(input) == "synthetic":
                 results = predict_synthetic(predictor, out, overlay=overlay, on_case=follow, data_seed=data_seed,
                                             num_sites=num_sites, samples_per_site=samples_per_site)

@@ -14,18 +14,14 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import torch
 from dicom_helpers import disk, write_series
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from inprocess_helpers import federate
 from pydicom.uid import UID
 from typer.testing import CliRunner
 
 from fedmed.cli.main import app
-from fedmed.config import PrivacySection
 from fedmed.data import write_dicom_seg
-from fedmed.fl.launch.inprocess import run_inprocess
-from fedmed.fl.launch.simulation import prepare_simulation, simulation_sites
-from fedmed.fl.plan import make_plan, override_privacy
 
 pytestmark = pytest.mark.e2e
 
@@ -81,14 +77,6 @@ def run(tmp_path_factory):
     """The federation (1 round), then predict over every series and evaluate on the test split, by the CLI."""
     root = tmp_path_factory.mktemp("dicom")
     truth = _write_sites(root / "sites")
-    plan = make_plan(
-        federation={"name": "dicom", "rounds": 1, "min_clients": 3},
-        model={"arch": "tiny", "method": "flap-sam", "image_size": SIZE}, training={"batch_size": 4},
-        secure_aggregation={"enabled": True},
-        privacy=override_privacy(PrivacySection(), mode="sample", epsilon=8.0, delta=1e-5),
-        num_clients=3, join_timeout=1, out=str(root / "run"))
-    plan, sites = prepare_simulation(plan, simulation_sites(str(root / "sites"), device="cpu"), policy="strict",
-                                     state_dir=root / "state")
     messages: list[bytes] = []
 
     def watch(node, message, deliver):
@@ -100,13 +88,12 @@ def run(tmp_path_factory):
 
     records = _Records()
     loggers = [logging.getLogger(), logging.getLogger("fedmed"), logging.getLogger("flwr")]
-    levels, threads = [logger.level for logger in loggers], torch.get_num_threads()
-    torch.set_num_threads(1)  # as every test (tests/conftest.py), which a module fixture runs before
+    levels = [logger.level for logger in loggers]
     loggers[0].addHandler(records)
     for logger in loggers:
         logger.setLevel(logging.DEBUG)
     try:
-        metrics = run_inprocess(plan, sites, intercept=watch)
+        metrics = federate(root / "sites", root / "run", root / "state", intercept=watch)
     finally:
         loggers[0].removeHandler(records)
         for logger, level in zip(loggers, levels):
@@ -117,7 +104,6 @@ def run(tmp_path_factory):
     evaluated = runner.invoke(app, ["evaluate", "--model", str(root / "run"), "--data", str(root / "sites"),
                                     "--split", "test", "--split-dir", str(root / "state" / "splits"),
                                     "--device", "cpu"], env={"COLUMNS": "200"})
-    torch.set_num_threads(threads)
     return {"root": root, "truth": truth, "metrics": metrics, "messages": messages, "log": records.lines,
             "predicted": predicted, "evaluated": evaluated}
 
