@@ -64,8 +64,8 @@ def test_the_readme_commands_on_a_nifti_federation(tmp_path, monkeypatch):
     data, state = simulate[simulate.index("--data") + 1], simulate[simulate.index("--state-dir") + 1]
     assert simulate == ["fedmed", "simulate", "--data", data, "--state-dir", state]
     monkeypatch.chdir(tmp_path)
-    for site in SITES:
-        nifti_dataset(tmp_path / data / site, cases=5)  # 3 patients train (30 slices), 1 validates, 1 tests
+    for shift, site in enumerate(SITES):  # 3 patients train (30 slices), 1 validates, 1 tests; other data a site
+        nifti_dataset(tmp_path / data / site, cases=5, shift=shift)
     # `fedmed simulate --data sites/ --state-dir state/`, on the in-process engine
     metrics = federate(tmp_path / data, tmp_path / "runs" / "fedmsa-tiny", tmp_path / state, method="fedmsa")
     assert metrics["status"] == "completed" and metrics["rounds"][0]["trained"] == list(SITES)
