@@ -21,10 +21,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import tifffile
 from nibabel.orientations import apply_orientation, io_orientation
 from PIL import Image
+from pydicom.misc import is_dicom
 
 from fedmed.data.images2d import IMAGE_SUFFIXES, ReadError, read_image
 from fedmed.data.nifti import NIFTI_SUFFIXES
@@ -126,7 +126,7 @@ def input_problem(path: Path, *, channel: int | None = None) -> str | None:
             return f"not a 2D or 3D volume (shape {shape})"
         return None
     if not is_picture(path):
-        if pydicom.misc.is_dicom(path):
+        if is_dicom(path):
             return f"a DICOM file: give the folder of its series ({path.parent}), which predict reads whole"
         return f"not a picture ({', '.join(IMAGE_SUFFIXES)}) or NIfTI file (.nii, .nii.gz)"
     try:
