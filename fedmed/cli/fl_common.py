@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import math
+from enum import IntEnum
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 console = Console(highlight=False, soft_wrap=True)
+
+
+class ExitCode(IntEnum):
+    """How `fedmed client` and `fedmed server` end (the README's "Exit codes"); each prints why."""
+
+    OK = 0  # the study completed, or a stop was requested (Ctrl-C, SIGTERM)
+    FAILED = 1  # the study failed, or a process of the deployment stopped unexpectedly
+    USAGE = 2  # bad options, config, data, policy, roster or kit
+    REFUSED = 3  # the SuperLink refused this site (its key is not registered)
+    UNREACHABLE = 4  # no server answered at the address (after --max-retries)
+    TLS = 5  # the server's certificate is not trusted, or not valid for the address dialled
+    BUSY = 6  # the port is taken, an earlier server's processes still run, another client holds the state
 
 
 def load_config(path: Path | None):
