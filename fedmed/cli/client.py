@@ -213,7 +213,9 @@ def _join(settings, superlink: str, key: Path | None, root_certificates: Path | 
     from fedmed.fl.launch.flower_logs import NodeOutcome, node_outcome, read_log, reasons
     from fedmed.fl.site.client_app import make_client_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # Opacus configures the root logger when imported: the site's own lines (rounds, refusals) take its place
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.getLogger("flwr").propagate = False  # Flower prints its own lines (INFO and up) once
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll of the SuperNode otherwise
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints where every thread is
     app = make_client_app(lambda _context: settings)

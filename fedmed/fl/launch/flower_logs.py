@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LEVEL = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*:\s*")  # Flower's console prefix
 _PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
     r"certificate is not valid for", r"CERTIFICATE_VERIFY_FAILED", r"certificate verify failed",
     r"address already in use", r"401 Unauthorized", r"403 Forbidden", r"Failed to activate SuperNode",
@@ -41,7 +42,7 @@ def clean(text: str) -> str:
 def reasons(text: str, *, limit: int = 4) -> list[str]:
     """The last `limit` distinct lines of a Flower log that explain a failure (the first line of an
     `Exit Code` block comes with the line after it)."""
-    lines = [line.strip() for line in clean(text).splitlines()]
+    lines = [_LEVEL.sub("", line.strip()) for line in clean(text).splitlines()]
     found: list[str] = []
     for index, line in enumerate(lines):
         if not any(p.search(line) for p in _PATTERNS):

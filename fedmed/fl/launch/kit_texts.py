@@ -50,11 +50,11 @@ shows what your data has spent, per study and in total.
 """
 
 
-def coordinator_readme(kit: CoordinatorKit, sites: list[str]) -> str:
+def coordinator_readme(kit: CoordinatorKit) -> str:
     return f"""# The coordinator of the {kit.consortium} consortium
 
 Your kit from `fedmed provision`. `tls/server.key` and `audit.key` are private (mode 0600). Each
-site received its own folder ({', '.join(sites)}); nothing here is any site's secret.
+site receives its own folder; nothing here is any site's secret.
 
 1. Announce the roster's digest to every site, by phone or on paper:
 

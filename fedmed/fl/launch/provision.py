@@ -108,8 +108,11 @@ class ConsortiumSpec(BaseModel):
 
     @property
     def certificate_hosts(self) -> list[str]:
-        """The address's host first, then `hosts`, each once."""
-        return list(dict.fromkeys([split_address(self.server.address)[0], *self.server.hosts]))
+        """The address's host first, then `hosts`, then the host the coordinator's own `flwr` dials (the
+        listening host, or localhost when it listens on every interface), each once."""
+        listen = split_address(self.server.listen or self.server.address)[0]
+        local = "localhost" if listen in ("0.0.0.0", "::") else listen
+        return list(dict.fromkeys([split_address(self.server.address)[0], *self.server.hosts, local]))
 
     @classmethod
     def load(cls, path: str | Path) -> ConsortiumSpec:
@@ -327,7 +330,7 @@ def provision(spec: ConsortiumSpec, out: str | Path) -> ProvisionResult:
             writer.remove(COORDINATOR, stale)
     if federation is not None:
         writer.write(COORDINATOR, coordinator.config, federation)
-    writer.write(COORDINATOR, coordinator.directory / "README.md", coordinator_readme(coordinator, spec.sites))
+    writer.write(COORDINATOR, coordinator.directory / "README.md", coordinator_readme(coordinator))
     new_record = ProvisionRecord(consortium=spec.name, server=server, sites=parties, hosts=spec.certificate_hosts,
                                  certificate_sha256=fingerprint, roster_digest=roster.digest)
     writer.write("record", out / RECORD_FILE, new_record.model_dump_json(indent=2) + "\n")
