@@ -6,8 +6,6 @@ sites a round matches the simulation's within the secure sum's error bound."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from e2e_helpers import FEDMED, Processes, write_synthetic_sites
 from fedmed.fl.enrolment import Roster, create_identity
 from fedmed.fl.launch.credentials import make_site_key, make_tls
 from fedmed.fl.launch.deployment import free_port
+from fedmed.fl.launch.processes import describe
 from fedmed.io import load_trainable
 
 pytestmark = pytest.mark.e2e
@@ -159,8 +158,8 @@ def test_a_killed_server_resumes_to_the_same_model(uninterrupted, federation, tm
             start_client(procs, root, port, f"site-{k}", f"site-{k}")
         wait_for(lambda: (out / "checkpoints" / "round_1.pt").exists(), 360, "round 1", poll=0.5)
         superlink = int((out / ".flower" / "superlink.pid").read_text())
-        procs.kill(server)  # the whole server side dies: fedmed server and its SuperLink
-        os.killpg(superlink, signal.SIGKILL)
+        procs.kill(server)  # fedmed server dies of SIGKILL; its SuperLink and ServerApp die with it
+        wait_for(lambda: describe(superlink) is None, 60, "the SuperLink to stop with its server", poll=0.5)
         assert not (out / "checkpoints" / "round_2.pt").exists()
         resumed = start_server(procs, root, out, name="resumed", resume=True)
         assert resumed.wait(timeout=480) == 0, procs.log("resumed")

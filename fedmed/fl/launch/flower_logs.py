@@ -23,6 +23,7 @@ _PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
 )]
 _EXIT_CODE = re.compile(r"Exit Code: \d+$")
 CONNECTED = "SuperNode ID:"  # what a SuperNode logs once its SuperLink let it in
+STOPPED_ITSELF = "SuperNode terminated gracefully"  # on SIGINT: Flower's answer to a 401 of its heartbeat
 
 
 class NodeOutcome(str, Enum):
@@ -65,8 +66,8 @@ def node_outcome(text: str) -> NodeOutcome:
     """Why a SuperNode with this log stopped."""
     text = clean(text)
     tail = text[text.rfind(CONNECTED):] if CONNECTED in text else text
-    if "401 Unauthorized" in tail and CONNECTED in text:
-        return NodeOutcome.FORGOTTEN
+    if CONNECTED in text and ("401 Unauthorized" in tail or STOPPED_ITSELF in tail):
+        return NodeOutcome.FORGOTTEN  # a joined node gets 401 and stops itself (SIGINT to its own process)
     if re.search(r"certificate verify failed|CERTIFICATE_VERIFY_FAILED|certificate is not valid", tail, re.I):
         return NodeOutcome.TLS
     if "Failed to activate SuperNode" in tail or "401 Unauthorized" in tail or "403 Forbidden" in tail:

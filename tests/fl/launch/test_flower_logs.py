@@ -47,6 +47,13 @@ def test_why_a_supernode_stopped(text, outcome):
     assert node_outcome(text) is outcome
 
 
+def test_a_joined_node_that_stopped_itself_was_forgotten():
+    # Flower answers a 401 of the node's heartbeat with SIGINT to itself; the traceback may not be written
+    stopped = f"{GREEN}INFO {END}:      SuperNode ID: 42\n{GREEN}INFO {END}:      SuperNode terminated gracefully.\n"
+    assert node_outcome(stopped) is NodeOutcome.FORGOTTEN
+    assert node_outcome(stopped.replace("SuperNode ID: 42", "Starting")) is NodeOutcome.OTHER
+
+
 def test_a_401_before_the_node_ever_joined_is_a_refusal():
     assert node_outcome(FORGOTTEN.replace("SuperNode ID: 1895173855740506359", "Starting")) is NodeOutcome.REFUSED
 
