@@ -6,6 +6,7 @@ sites a round matches the simulation's within the secure sum's error bound."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -110,9 +111,20 @@ def uninterrupted(federation, tmp_path_factory):
         rogue = start_client(procs, root, port, "site-0", "rogue", "--max-retries", "1")
         assert server.wait(timeout=480) == 0, procs.log("server")
         rogue_code = rogue.wait(timeout=60)
-        yield out / "run", rogue_code, procs.log("client-rogue")
     finally:
-        procs.stop_all()
+        procs.stop_all()  # the sites' state directories are theirs alone: free them for the next test
+    return out / "run", rogue_code, procs.log("client-rogue")
+
+
+def simulation_state(root: Path, out: Path) -> Path:
+    """The deployed sites' own state (training key, kept split) laid out as a simulation keeps it
+    (`STATE/<site>/`, `STATE/splits/`): a site's training randomness and split are its own, so a
+    simulation matches a deployment only on the same state."""
+    for k in range(3):
+        site = root / "state" / f"site-{k}"
+        shutil.copytree(site / f"site-{k}", out / f"site-{k}", dirs_exist_ok=True)
+        shutil.copytree(site / "splits", out / "splits", dirs_exist_ok=True)
+    return out
 
 
 def test_a_deployed_run_matches_the_simulation(uninterrupted, federation, tmp_path):
@@ -124,7 +136,8 @@ def test_a_deployed_run_matches_the_simulation(uninterrupted, federation, tmp_pa
     root, _ = federation
     simulated = tmp_path / "simulated"
     result = subprocess.run([*FEDMED, "simulate", "--config", str(root / "federation.toml"), "--data",
-                             str(root / "data"), "--policy", "research", "--out", str(simulated)],
+                             str(root / "data"), "--policy", "research", "--out", str(simulated),
+                             "--state-dir", str(simulation_state(root, tmp_path / "state"))],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     deployed, _ = load_trainable(run / "final.pt")
@@ -189,7 +202,8 @@ def test_a_secure_deployment_matches_the_simulation_within_the_bound(federation,
     assert record["secure_aggregation"] and record["secagg"]["survivors"] == ["site-0", "site-1", "site-2"]
     simulated = tmp_path / "simulated"
     result = subprocess.run([*FEDMED, "simulate", "--config", str(root / "secure.toml"), "--data",
-                             str(root / "data"), "--policy", "research", "--out", str(simulated)],
+                             str(root / "data"), "--policy", "research", "--out", str(simulated),
+                             "--state-dir", str(simulation_state(root, tmp_path / "state"))],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     deployed, _ = load_trainable(tmp_path / "run" / "final.pt")

@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import ray
 from flwr.app import Context
 from flwr.simulation import run_simulation
 
@@ -115,6 +118,22 @@ def default_cpus_per_site(num_sites: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, num_sites))
 
 
+def start_ray(init_args: dict) -> None:
+    """Start Ray as Flower would (the driver's `sys.path` as the workers' PYTHONPATH), but with an empty
+    `working_dir` for the workers: Ray otherwise puts the driver's working directory first on every
+    worker's `sys.path`, where a folder named `audit/`, `policies/` or `secure_agg/` (an auditor's
+    reports, say) hides fedmed's packages of that name. With a `working_dir`, Ray adds that folder
+    instead, empty. Flower finds Ray running, uses it, and shuts it down when the run ends."""
+    if ray.is_initialized():
+        return
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    empty = Path(tempfile.mkdtemp(prefix="fedmed-ray-"))
+    try:
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}, "working_dir": str(empty)}, **init_args)
+    finally:
+        empty.rmdir()  # Ray has packed it by now
+
+
 def simulate(plan: RunPlan, sites: list[SiteSettings], *, resume: bool = False,
              on_round: Callable[[dict], None] | None = None, cpus_per_site: int | None = None,
              gpus_per_site: float = 0.0, verbose: bool = False) -> dict:
@@ -138,6 +157,7 @@ def simulate(plan: RunPlan, sites: list[SiteSettings], *, resume: bool = False,
     if not verbose:  # Flower's notice that run_simulation is deprecated in favour of `flwr run`
         flwr_logger.setLevel(logging.ERROR)
     try:
+        start_ray(backend_config["init_args"])
         run_simulation(
             server_app=make_server_app(lambda _context: (plan, resume), on_round=on_round),
             client_app=make_client_app(site_of),
