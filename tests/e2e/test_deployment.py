@@ -140,17 +140,19 @@ def test_a_deployed_run_matches_the_simulation(uninterrupted, federation, tmp_pa
                              "--state-dir", str(simulation_state(root, tmp_path / "state"))],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    deployed, _ = load_trainable(run / "final.pt")
-    local, _ = load_trainable(simulated / "final.pt")
+    # Round 1 starts both engines from the same model, so each site trains with the same seed (its own key
+    # over the global model's SHA-256): the models agree but for float sums that may round differently in
+    # the two engines' processes. Round 2 starts from those round-1 models, whose hashes then differ, and
+    # so do the sites' seeds: only round 1 is comparable value for value.
+    deployed, _ = load_trainable(run / "checkpoints" / "round_1.pt")
+    local, _ = load_trainable(simulated / "checkpoints" / "round_1.pt")
     for name, tensor in deployed.items():
-        # float sums may round differently in the two engines' processes (the losses agree to 1e-5),
-        # and each round's fresh AdamW moves near-zero-gradient coordinates by about lr = 3e-3 in the
-        # sign of their gradient, which carries such differences to ~1e-4 in two rounds
         torch.testing.assert_close(tensor, local[name], rtol=1e-4, atol=5e-4)
     simulated_metrics = json.loads((simulated / "metrics.json").read_text())
-    for a, b in zip(metrics["rounds"], simulated_metrics["rounds"]):
+    for index, (a, b) in enumerate(zip(metrics["rounds"], simulated_metrics["rounds"])):
         for site in a["sites"]:
-            assert a["sites"][site]["loss"] == pytest.approx(b["sites"][site]["loss"], abs=2e-4)
+            if index == 0:
+                assert a["sites"][site]["loss"] == pytest.approx(b["sites"][site]["loss"], abs=2e-4)
             # the same payload; ids in the metadata (node, run) differ in length between the engines
             assert a["sites"][site]["bytes_sent"] == pytest.approx(b["sites"][site]["bytes_sent"], abs=256)
 
