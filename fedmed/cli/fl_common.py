@@ -55,6 +55,25 @@ def describe(error: Exception) -> str:
     return escape(str(error))
 
 
+def failure_advice(plan, run_dir: Path) -> str:
+    """What to do after a failed study, true to what the run directory holds; with DP, what the failed
+    round cost the sites that sent their update."""
+    from fedmed.fl.server.run_dir import RunDir
+
+    done = RunDir(run_dir).completed_rounds()
+    if done:
+        advice = (f"The checkpoint of round {done[-1]} is in {run_dir / 'checkpoints'}: fix the cause and run the "
+                  f"same command with --resume to continue from round {done[-1] + 1}.")
+    else:
+        advice = "No round completed, so there is nothing to resume: fix the cause and run the same command again."
+    if plan.privacy.mode != "none":
+        advice += (" Each site that sent its update in the failed round has charged that round to its privacy "
+                   "ledger (a masked update is a release all the same), so repeating the round spends ε again: "
+                   "`fedmed policy check POLICY --config CONFIG --state SITE_STATE --samples N` tells whether a "
+                   "site's budget still covers the rest.")
+    return advice
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM raises KeyboardInterrupt, so a terminated server or site still stops its Flower process."""
     import signal

@@ -25,6 +25,7 @@ from fedmed.cli.fl_common import (
     console,
     describe,
     fail,
+    failure_advice,
     load_config,
     print_round,
     print_summary,
@@ -193,26 +194,8 @@ def _serve(plan, address: str, tls, keys: list[Path], *, resume: bool) -> None:
         save_dice_plot(metrics, run_dir / "dice.png")
     if metrics.get("status") != "completed":
         reason = metrics.get("error") or status[1] or status[0]
-        fail(f"the study did not complete: {reason}\n{_advice(plan, run_dir)}", code=ExitCode.FAILED)
+        fail(f"the study did not complete: {reason}\n{failure_advice(plan, run_dir)}", code=ExitCode.FAILED)
     print_summary(metrics, run_dir)
-
-
-def _advice(plan, run_dir: Path) -> str:
-    """What to do after a failure, true to what the run directory holds."""
-    from fedmed.fl.server.run_dir import RunDir
-
-    done = RunDir(run_dir).completed_rounds()
-    if done:
-        advice = (f"The checkpoint of round {done[-1]} is in {run_dir / 'checkpoints'}: fix the cause and run the "
-                  f"same command with --resume to continue from round {done[-1] + 1}.")
-    else:
-        advice = "No round completed, so there is nothing to resume: fix the cause and run the same command again."
-    if plan.privacy.mode != "none":
-        advice += (" Each site that sent its update in the failed round has charged that round to its privacy "
-                   "ledger (a masked update is a release all the same), so repeating the round spends ε again: "
-                   "`fedmed policy check POLICY --config CONFIG --state SITE_STATE` tells whether a site's budget "
-                   "still covers the rest.")
-    return advice
 
 
 def _follow(coordinator, run_id: str, run_dir, rounds: int, poll_s: float = 2.0) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from fedmed.cli.fl_common import console, describe, fail, load_config, print_round, print_summary
+from fedmed.cli.fl_common import console, describe, fail, failure_advice, load_config, print_round, print_summary
 
 
 def simulate(
@@ -104,10 +104,10 @@ def _run(plan, sites, *, resume: bool, cpus_per_site: int | None, verbose: bool)
     try:
         return run_simulation(plan, sites, resume=resume, on_round=lambda r: print_round(r, plan.rounds),
                               cpus_per_site=cpus_per_site, verbose=verbose)
-    except (FederationError, RunStateError) as error:
-        message = describe(error)
-        fail(f"{message}\n(the last completed round's checkpoint is in {Path(plan.out) / 'checkpoints'}; "
-             "fix the cause and run again with --resume)" if "round" in message else message, code=1)
+    except FederationError as error:
+        fail(f"{describe(error)}\n{failure_advice(plan, Path(plan.out))}", code=1)
+    except RunStateError as error:
+        fail(describe(error), code=1)
 
 
 def _centralized(plan, sites, run_dir: Path) -> dict:

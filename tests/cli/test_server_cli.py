@@ -109,7 +109,7 @@ def test_a_fresh_start_on_a_run_directory_with_rounds_is_refused(config, tmp_pat
 
 
 def test_the_advice_after_a_failure_is_true_to_the_run_directory(tmp_path):
-    from fedmed.cli.server import _advice
+    from fedmed.cli.fl_common import failure_advice as _advice
     from fedmed.fl.plan import make_plan
 
     plan = make_plan(None)
@@ -118,3 +118,9 @@ def test_the_advice_after_a_failure_is_true_to_the_run_directory(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "round_3.pt").write_bytes(b"")
     assert "with --resume to continue from round 4" in _advice(plan, tmp_path)
+
+
+def test_a_negative_epsilon_is_one_clear_error_and_leaves_no_run_folder(tmp_path):
+    result = runner.invoke(app, ["simulate", "--epsilon", "-1", "--out", str(tmp_path / "run")], terminal_width=200)
+    assert result.exit_code == 2 and "epsilon: Input should be greater than 0 (got -1.0)" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
