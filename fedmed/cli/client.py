@@ -29,7 +29,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from fedmed.cli.fl_common import ExitCode, console, fail, stop_on_sigterm
+from fedmed.cli.fl_common import ExitCode, console, fail, site_state_dir, stop_on_sigterm
 
 NOTICE_S = 5.0  # how often a site waiting for its server says so
 
@@ -87,7 +87,7 @@ def client(
         fail(f"{data} holds {len(scan.sites)} datasets; give the folder of this site's own dataset")
     _check_policy(policy)
     site = _site_name(name, identity, roster, scan.sites[0].name)
-    state_dir = (state_dir or default_state_dir(site)).expanduser().resolve()
+    state_dir = (state_dir or site_state_dir(site)).expanduser().resolve()
     lock = _lock(state_dir)
     stop_on_sigterm()
     try:
@@ -105,13 +105,6 @@ def client(
         console.print(f"site {site}: stopped on request")
     finally:
         lock.release()
-
-
-def default_state_dir(site: str) -> Path:
-    """A site's own state folder: `~/.fedmed/sites/<name>/`."""
-    from fedmed.fl.wire.tensors import party_name
-
-    return Path.home() / ".fedmed" / "sites" / party_name(site)
 
 
 def _path(path: Path | None) -> str | None:

@@ -36,6 +36,13 @@ def load_config(path: Path | None):
         fail(str(error))
 
 
+def site_state_dir(site: str) -> Path:
+    """A site's own state folder by default: `~/.fedmed/sites/<name>/` (ledgers, split, keys, audit log)."""
+    from fedmed.fl.wire.tensors import party_name
+
+    return Path.home() / ".fedmed" / "sites" / party_name(site)
+
+
 def fail(message: str, code: int = 2):
     import typer
 

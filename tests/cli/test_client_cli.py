@@ -15,8 +15,8 @@ from filelock import FileLock
 from PIL import Image
 from typer.testing import CliRunner
 
-from fedmed.cli.client import _site_name, default_state_dir
-from fedmed.cli.fl_common import ExitCode
+from fedmed.cli.client import _site_name
+from fedmed.cli.fl_common import ExitCode, site_state_dir
 from fedmed.cli.main import app
 from fedmed.fl.enrolment import Roster, create_identity
 from fedmed.fl.launch.credentials import make_site_key, make_tls
@@ -102,7 +102,7 @@ def test_a_site_is_named_by_its_roster_label(tmp_path):
     Roster(sites=keys).save(roster)
     assert _site_name(None, tmp_path / "hospital-b.id", roster, "data") == "hospital-b"
     assert _site_name("lab", None, None, "data") == "lab" and _site_name(None, None, None, "data") == "data"
-    assert default_state_dir("hospital-b") == Path.home() / ".fedmed" / "sites" / "hospital-b"
+    assert site_state_dir("hospital-b") == Path.home() / ".fedmed" / "sites" / "hospital-b"
 
 
 def test_an_identity_the_roster_does_not_enrol_is_refused(site, tmp_path):

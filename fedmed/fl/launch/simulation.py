@@ -16,9 +16,9 @@ simulation engine (Ray).
                                             memory and split; the privacy ledgers of its data
 
 STATE is `DIR/state` for the synthetic federation (its sites are made with the run), and for a data
-folder the site state directory given (`fedmed simulate --state-dir`, default `~/.fedmed`, as
-`fedmed client`'s): the budget belongs to the data, so a new run on the same data spends from the
-same ledger.
+folder the site state directory given (`fedmed simulate --state-dir`), or each site's own where its
+settings name one (`fedmed simulate`: `~/.fedmed/sites/<site>/`, as `fedmed client`'s): the budget
+belongs to the data, so a new run on the same data spends from the same ledger.
 
 The launcher stands in for the consortium at enrolment (labels `partition-<k>`). The simulated
 server is this process (`localhost:simulation`, no transport: TLS is not checked). Each virtual
@@ -80,8 +80,8 @@ def prepare_simulation(plan: RunPlan, sites: list[SiteSettings], *, policy: str 
     """`plan` and `sites` as a consortium would set them up: with secure aggregation on, every site
     enrolled (its identity key, the roster with every party's audit key) and the plan given the
     roster; each site with `policy` (a built-in name or a TOML path; None: no policy), its audit log
-    in `DIR/audit` (unless `audit` is false) and its private state in `state_dir` (default
-    `DIR/state`). `SimulationError` if it cannot run."""
+    in `DIR/audit` (unless `audit` is false) and its private state in its own `state_dir` if its
+    settings name one, else in `state_dir` (default `DIR/state`). `SimulationError` if it cannot run."""
     out = Path(plan.out).resolve()
     state = Path(state_dir).expanduser().resolve() if state_dir is not None else out / "state"
     if policy is not None:
@@ -98,18 +98,19 @@ def prepare_simulation(plan: RunPlan, sites: list[SiteSettings], *, policy: str 
                                    audit_keys=audit_keys)
         sites = [replace(site, identity=str(key), roster=str(roster)) for site, key in zip(sites, keys)]
     sites = [replace(site, policy=policy, audit_dir=str(out / "audit") if audit else None,
-                     state_dir=str(state), server_address=SIMULATION_SERVER, server_tls=None)
+                     state_dir=site.state_dir or str(state), server_address=SIMULATION_SERVER, server_tls=None)
              for site in sites]
     return plan.model_copy(update={"roster": str(roster) if roster else None}), sites
 
 
 def audit_keys_of(out: Path, state: Path, sites: list[SiteSettings]) -> dict[str, str]:
     """Every party's audit key, made now if new where each party keeps it (the server's in the run
-    folder `out`, each site's in its state folder `state`): party -> public key (hex), for the roster."""
+    folder `out`, each site's in its own state folder, else in `state`): party -> public key (hex), for
+    the roster."""
     keys = {SERVER_PARTY: PartyKey.load_or_create(server_log_paths(out)[1])}
     for site in sites:
         party = party_name(site_name(site))
-        keys[party] = PartyKey.load_or_create(state / party / "audit.key")
+        keys[party] = PartyKey.load_or_create(Path(site.state_dir or state) / party / "audit.key")
     return {party: key.public_bytes.hex() for party, key in keys.items()}
 
 
