@@ -4,9 +4,6 @@ client holds, an identity key the roster does not enrol; and it names the site b
 
 from __future__ import annotations
 
-import socket
-import ssl
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -63,26 +60,10 @@ def test_an_unresolvable_host_is_named(site):
     assert "cannot resolve no-such-host.invalid" in result.output and "attempt 2 of 2" in result.output
 
 
-def test_a_certificate_for_another_host_is_named(site, tmp_path):
+def test_a_certificate_for_another_host_is_named(site, tmp_path, tls_server):
     files = make_tls(tmp_path / "tls", ("coordinator.example.org",))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(files.certificate, files.key)
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-
-        def serve():
-            connection, _ = listener.accept()
-            try:
-                with context.wrap_socket(connection, server_side=True):
-                    pass
-            except (ssl.SSLError, OSError):
-                pass
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        result = join(site, f"127.0.0.1:{listener.getsockname()[1]}", "--root-certificates", str(files.ca))
-        thread.join(timeout=5)
+    with tls_server(files) as address:
+        result = join(site, address, "--root-certificates", str(files.ca))
     assert result.exit_code == ExitCode.TLS, result.output
     assert "certificate is not valid for '127.0.0.1'" in result.output
 

@@ -128,11 +128,6 @@ def reach_server(address: str, root_certificates: Path | None, *, tls: bool = Tr
         time.sleep(wait_s)
 
 
-def server_certificate_sha256(address: str, root_certificates: Path | None, *, timeout: float = 300) -> str:
-    """SHA-256 (hex) of the certificate the server at `address` presents, verified against the CA."""
-    return reach_server(address, root_certificates, attempts=max(1, int(timeout)), wait_s=1.0)
-
-
 def app_pyproject(name: str = "fedmed-run") -> str:
     """The whole app bundle: components and run config keys, no code (the parties run their fedmed)."""
     return f'''[build-system]
