@@ -30,9 +30,10 @@ def provision(
         fail(escape(str(error)))
     if not result.changes:
         console.print(f"{result.out}: nothing changed")
+    names = {"ca": "the consortium's CA (yours: keep it offline; it adds sites)", "record": "the public record"}
     for party in dict.fromkeys(who for who, _, _ in result.changes):
         where = f" ({escape(str(result.kits[party]))}: hand these over)" if party in result.kits else ""
-        console.print(f"[bold]{escape(party)}[/bold]{where}")
+        console.print(f"[bold]{escape(names.get(party, party))}[/bold]{where}")
         for path in result.changed(party):
             status = next(s for w, p, s in result.changes if w == party and p == path)
             console.print(f"  {status:<8} {escape(str(path.relative_to(result.out)))}")
