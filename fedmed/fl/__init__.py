@@ -11,5 +11,6 @@ the wire. `site/` never imports `server/` nor the reverse; `wire/` imports neith
 - `server/`: the coordinator (`exchange`, `journal`, `validate`, `aggregation`, `secure`, `strategy`,
   `rounds`, `run_dir`, `plots`, `server_app`)
 - `launch/`: the only place that assembles both (`simulation`, `inprocess`, `deployment`, `credentials`,
-  `baseline`)
+  `baseline`), and a consortium's deployment: `provision` (its kits, `kits`, `kit_texts`), `processes`
+  (what a command owns), `flower_logs` (why Flower stopped), `study_cost` (a planned study's ε per site)
 """
