@@ -32,6 +32,7 @@ from rich.markup import escape
 from fedmed.cli.fl_common import ExitCode, console, fail, site_state_dir, stop_on_sigterm
 
 NOTICE_S = 5.0  # how often a site waiting for its server says so
+REJOIN_S = 120.0  # after a new study's SuperLink forgot the node, how long a refusal is taken for "not registered yet"
 
 
 def client(
@@ -214,7 +215,7 @@ def _join(settings, superlink: str, key: Path | None, root_certificates: Path | 
     app = make_client_app(lambda _context: settings)
     console.print(f"site {settings.name}: joining {superlink} ({'INSECURE' if insecure else 'TLS'}) with data "
                   f"{settings.data}, policy {settings.policy}; state in {settings.state_dir}")
-    log = home / "supernode.log"
+    log, rejoined = home / "supernode.log", None
     while True:
         node, tasks = _run_node(app, settings, superlink, key, root_certificates, insecure, home, max_retries,
                                 max_message_bytes)
@@ -223,8 +224,14 @@ def _join(settings, superlink: str, key: Path | None, root_certificates: Path | 
         if outcome is NodeOutcome.FORGOTTEN:
             console.print(f"site {settings.name}: the SuperLink at {superlink} no longer knows this site's node (the "
                           "coordinator started a new study or reset its state): joining again")
+            rejoined = time.monotonic()
             continue
-        why = "".join(f"\n  Flower: {line}" for line in reasons(text)) + f"\n  (the SuperNode's log: {log})"
+        if outcome is NodeOutcome.REFUSED and rejoined is not None and time.monotonic() - rejoined < REJOIN_S:
+            console.print(f"site {settings.name}: the new SuperLink has not registered this site's key yet: "
+                          "trying again")  # a new study's server registers the sites' keys once it is up
+            time.sleep(NOTICE_S)
+            continue
+        why = "".join(f"\n  Flower: {escape(line)}" for line in reasons(text)) + f"\n  (the SuperNode's log: {log})"
         if outcome is NodeOutcome.REFUSED:
             fail(f"the SuperLink at {superlink} refused this site: is its public key registered at the coordinator?"
                  f"{why}", code=ExitCode.REFUSED)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from fedmed.cli.fl_common import (
     ExitCode,
@@ -182,11 +183,11 @@ def _serve(plan, address: str, tls, keys: list[Path], *, resume: bool) -> None:
                       + (f"; continue with the same command and --resume" if done else ""))
         raise typer.Exit(ExitCode.OK) from None
     except BusyError as error:
-        fail(str(error), code=ExitCode.BUSY)
+        fail(escape(str(error)), code=ExitCode.BUSY)
     except TlsFailure as error:
-        fail(str(error), code=ExitCode.TLS)
+        fail(escape(str(error)), code=ExitCode.TLS)
     except DeploymentError as error:
-        fail(str(error), code=ExitCode.FAILED)
+        fail(escape(str(error)), code=ExitCode.FAILED)
     finally:
         coordinator.stop()
     metrics = RunDir(run_dir).read_metrics()
@@ -194,7 +195,7 @@ def _serve(plan, address: str, tls, keys: list[Path], *, resume: bool) -> None:
         save_dice_plot(metrics, run_dir / "dice.png")
     if metrics.get("status") != "completed":
         reason = metrics.get("error") or status[1] or status[0]
-        fail(f"the study did not complete: {reason}\n{failure_advice(plan, run_dir)}", code=ExitCode.FAILED)
+        fail(f"the study did not complete: {escape(str(reason))}\n{failure_advice(plan, run_dir)}", code=ExitCode.FAILED)
     print_summary(metrics, run_dir)
 
 
