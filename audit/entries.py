@@ -4,8 +4,8 @@ A line of a log is the canonical JSON (sorted keys, compact separators, ASCII) o
 
     {v, log_id, seq, time, party, kind, body, prev_hash, sig}
 
-Schema version 2 adds the kinds `witness` (another party's signed log head) and `privacy_cap` (a
-site changed its ε cap), and optional body fields (a run's `study`, `run_id` and `key_binding`; a
+Schema version 2 adds the kinds `witness` (another party's signed log head), `privacy_cap` (a
+site changed its ε cap) and `privacy_reported` (the ε a site reported to the server), and optional body fields (a run's `study`, `run_id` and `key_binding`; a
 privacy charge's `study`, `dataset`, `charge` and `epsilon_cap`). An optional field that is not set is left out
 of the line, so every version-1 line is still in normal form and old logs verify unchanged.
 
@@ -175,6 +175,17 @@ class PrivacyBudget(_Body):
     epsilon_cap: float | None = Field(default=None, ge=0)
 
 
+class PrivacyReported(_Body):
+    """What a site reported of its privacy budget in its reply, as the server received it: the
+    server's view of every site's ε (a site's own `privacy_budget` entries are its ledger's word)."""
+
+    round: int = Round
+    peer: str = Field(pattern=_PARTY.pattern)
+    epsilon_total: float = Field(ge=0)
+    epsilon_round: float | None = Field(default=None, ge=0)
+    delta: float | None = Field(default=None, ge=0, le=1)
+
+
 class PrivacyCap(_Body):
     """A site changed the ε cap of a dataset's ledger (`fedmed privacy cap`); None: no cap."""
 
@@ -245,10 +256,12 @@ BODY_MODELS: dict[str, type[_Body]] = {
     "recovery": Recovery,
     "witness": Witness,
     "privacy_cap": PrivacyCap,
+    "privacy_reported": PrivacyReported,
 }
 Kind = Literal[
     "run_start", "run_end", "round_start", "tensor_sent", "tensor_received",
     "privacy_budget", "policy_decision", "refusal", "error", "recovery", "witness", "privacy_cap",
+    "privacy_reported",
 ]
 
 

@@ -1,4 +1,6 @@
-"""A self-contained HTML page for an `AuditSummary`: verification status, plots (inline SVG), tables.
+"""A self-contained HTML page for an `AuditSummary`, in an auditor's words: verification status, then
+per study and round what was sent and received and the ε spent (plots as inline SVG), the ε each site
+reported to the server, refusals and errors, the messages (a site) or runs (the server), every tensor.
 
 No scripts, no external files: the page can be archived or mailed as it is.
 """
@@ -10,7 +12,7 @@ import os
 from html import escape
 from pathlib import Path
 
-from audit.report import AuditSummary
+from audit.report import GLOBAL_MODEL, AuditSummary
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:2rem auto;max-width:1100px;color:#1d2733;padding:0 1rem}
@@ -43,44 +45,65 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]
 
 
+def _labels(s: AuditSummary) -> tuple[list[str], str]:
+    """x tick labels and the axis title: rounds, or "study · round" when the log holds several studies."""
+    if len({r.study for r in s.rounds}) > 1:
+        return [f"{r.study or '–'} · {r.round}" for r in s.rounds], "study · round"
+    study = s.rounds[0].study if s.rounds else None
+    return [str(r.round) for r in s.rounds], f"round of study {study}" if study else "round"
+
+
+def _axes(fig, x: list[int], labels: list[str], xlabel: str, ylabel: str):
+    ax = fig.add_subplot()
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_xticks(x, labels, rotation=30 if len(max(labels, key=len, default="")) > 4 else 0,
+                  ha="right" if len(max(labels, key=len, default="")) > 4 else "center")
+    ax.set_xlim(-0.6, len(x) - 0.4)  # every plot spans every round of the table, with or without data
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
 def _plots(s: AuditSummary) -> str:
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
-    labels = [f"{r.run}:{r.round}" if len(s.runs) > 1 else str(r.round) for r in s.rounds]
+    labels, xlabel = _labels(s)
     x = list(range(len(s.rounds)))
     out = []
     with rc_context({"svg.fonttype": "none", "font.size": 9, "svg.hashsalt": "fedmed-audit"}):
         fig = Figure(figsize=(5.6, 3.0))
-        ax = fig.add_subplot()
-        w = 0.4
         peak = max([r.bytes_sent for r in s.rounds] + [r.bytes_received for r in s.rounds] + [1])
         unit, scale = next((u, f) for u, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1)) if peak >= f)
+        ax = _axes(fig, x, labels, xlabel, f"bytes ({unit})")
+        w = 0.4
         ax.bar([i - w / 2 for i in x], [r.bytes_sent / scale for r in s.rounds], w, label="sent", color="#2f6db5")
-        ax.bar([i + w / 2 for i in x], [r.bytes_received / scale for r in s.rounds], w, label="received", color="#9cb8dc")
-        ax.set(xlabel="round", ylabel=unit)
-        ax.set_xticks(x, labels)
+        ax.bar([i + w / 2 for i in x], [r.bytes_received / scale for r in s.rounds], w, label="received",
+               color="#9cb8dc")
         ax.margins(y=0.15)
         ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)
-        ax.spines[["top", "right"]].set_visible(False)
-        out.append(f'<div class="plot"><h3>Bytes per round</h3>{_svg(fig)}</div>')
+        out.append(f'<div class="plot"><h3>Bytes sent and received per round</h3>{_svg(fig)}</div>')
 
-        eps = [(i, r) for i, r in zip(x, s.rounds) if r.epsilon_total is not None]
-        if eps:
+        own = [(i, r) for i, r in zip(x, s.rounds) if r.epsilon_total is not None]
+        sites = sorted({site for r in s.rounds for site in r.reported})
+        if own or sites:
             fig = Figure(figsize=(5.6, 3.0))
-            ax = fig.add_subplot()
-            ax.bar([i for i, _ in eps], [r.epsilon_round for _, r in eps], 0.5, color="#c9d9c0", label="ε this round")
-            ax.plot([i for i, _ in eps], [r.epsilon_total for _, r in eps], "o-", color="#2e7d32", label="ε cumulative")
+            ax = _axes(fig, x, labels, xlabel, "ε")
+            if own:
+                ax.bar([i for i, _ in own], [r.epsilon_added or 0 for _, r in own], 0.5, color="#c9d9c0",
+                       label="ε added this round")
+                ax.plot([i for i, _ in own], [r.epsilon_total for _, r in own], "o-", color="#2e7d32", label="ε total")
+            for site in sites:
+                points = [(i, r.reported[site]) for i, r in zip(x, s.rounds) if site in r.reported]
+                ax.plot(*zip(*points), "o-", label=f"{site} (reported)")
             if s.epsilon_budget is not None:
                 ax.axhline(s.epsilon_budget, color="#c62828", ls="--", label=f"budget ε = {s.epsilon_budget:g}")
-            ax.set(xlabel="round", ylabel="ε")
-            ax.set_xticks(x, labels)
             ax.set_ylim(bottom=0)
             ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=3)
-            ax.spines[["top", "right"]].set_visible(False)
-            out.append(f'<div class="plot"><h3>Privacy budget spent (ε)</h3>{_svg(fig)}</div>')
+            title = "Privacy budget spent (ε)" if own else "Each site's ε as it reported it"
+            out.append(f'<div class="plot"><h3>{title}</h3>{_svg(fig)}</div>')
         else:
-            out.append('<div class="plot"><h3>Privacy budget spent (ε)</h3><p>No privacy_budget entries: this party logged no DP accounting.</p></div>')
+            out.append('<div class="plot"><h3>Privacy budget spent (ε)</h3><p>No ε in this log: the party logged no '
+                       "DP accounting, and no site reported any.</p></div>")
     return '<div class="plots">' + "".join(out) + "</div>"
 
 
@@ -97,18 +120,52 @@ def _f(v: float | None) -> str:
     return "–" if v is None else f"{v:.4g}"
 
 
+def _masked(x) -> str:
+    if x.masked:
+        return "yes"
+    if x.name == GLOBAL_MODEL:
+        return "no: the global model"
+    return "<span class='no'>no</span>" if x.direction == "sent" else "no"
+
+
+def _rounds_table(s: AuditSummary) -> str:
+    rows = [[escape(r.study or "–"), str(r.round), str(r.messages), str(r.tensors_sent), human_bytes(r.bytes_sent),
+             human_bytes(r.model_sent) if r.model_sent else "–",
+             f"<span class='no'>{r.unmasked_sent}</span>" if r.unmasked_sent else "0",
+             str(r.tensors_received), human_bytes(r.bytes_received), _f(r.epsilon_added), _f(r.epsilon_total),
+             _f(r.delta), {True: "accepted", False: "<span class='no'>rejected</span>", None: "–"}[r.policy_accepted],
+             str(r.refusals), str(r.errors)] for r in s.rounds]
+    return _table(["study", "round", "messages", "tensors sent", "bytes sent", "of which the global model",
+                   "site data unmasked", "tensors received", "bytes received", "ε added", "ε total", "δ", "policy",
+                   "refusals", "errors"], rows, numeric=set(range(2, 12)) | {13, 14})
+
+
+def _reported_table(s: AuditSummary) -> str:
+    sites = sorted({site for r in s.rounds for site in r.reported})
+    rows = [[escape(r.study or "–"), str(r.round), *(_f(r.reported.get(site)) for site in sites)]
+            for r in s.rounds if r.reported]
+    return _table(["study", "round", *sites], rows, numeric=set(range(2, 2 + len(sites))))
+
+
 def render_html(s: AuditSummary) -> str:
     v = s.verification
     state = "ok" if v.intact and v.closed else ("bad" if v.first_bad else "open")
     t = s.totals
+    site = any(r.role == "site" for r in s.runs)
+    runs = "messages" if site else "runs"
     eps_total = next((r.epsilon_total for r in reversed(s.rounds) if r.epsilon_total is not None), None)
-    cards = [("entries", t["entries"]), ("rounds", t["rounds"]), ("tensors sent", t["tensors_sent"]),
-             ("bytes sent", human_bytes(t["bytes_sent"])), ("unmasked sent", t["unmasked_sent"]),
-             ("bytes received", human_bytes(t["bytes_received"])),
-             ("ε spent / budget", f"{_f(eps_total)} / {_f(s.epsilon_budget)}"),
-             ("refusals", t["refusals"]), ("errors", t["errors"])]
+    studies = sorted({r.study or "–" for r in s.runs})
+    cards = [("studies", t["studies"]), ("rounds", t["rounds"]), (runs, t["runs"]),
+             ("tensors sent", t["tensors_sent"]), ("bytes sent", human_bytes(t["bytes_sent"])),
+             ("site data sent unmasked", t["unmasked_sent"]), ("bytes received", human_bytes(t["bytes_received"]))]
+    cards += [("global model sent", human_bytes(t["model_sent"]))] if t["model_sent"] else []
+    cards += [("ε spent / budget", f"{_f(eps_total)} / {_f(s.epsilon_budget)}")] if eps_total is not None else []
+    cards += [("refusals", t["refusals"]), ("errors", t["errors"])]
+    what = ("a site's log: every message it answered is a run of its own" if site else
+            "the server's log: one run for each time a study ran")
     parts = [
         f"<h1>Audit report: {escape(s.party or '?')}</h1>",
+        f'<p class="sub">{escape(what)}{" — study " + escape(s.study) if s.study else ""}</p>',
         f'<p class="sub mono">{escape(v.path)}</p>',
         f'<div class="banner {state}">{escape(v.summary())}</div>',
     ]
@@ -120,42 +177,43 @@ def render_html(s: AuditSummary) -> str:
         f"<dt>key fingerprint</dt><dd class='mono'>{escape(v.key_fingerprint or '–')}</dd>"
         f"<dt>trust anchor</dt><dd>{escape(v.trust_anchor)} {escape(v.trust_anchor_source or '')}</dd>"
         f"<dt>log id</dt><dd class='mono'>{escape(v.log_id or '–')}</dd>"
-        f"<dt>runs</dt><dd>{len(s.runs)}" + (f", interrupted: seq {', '.join(map(str, v.interrupted_runs))}" if v.interrupted_runs else "") + "</dd>"
+        f"<dt>studies</dt><dd>{escape(', '.join(studies))}</dd>"
+        f"<dt>{runs}</dt><dd>{len(s.runs)}" + (f", interrupted: seq {', '.join(map(str, v.interrupted_runs))}" if v.interrupted_runs else "") + "</dd>"
         "</dl>"
     )
     parts.append('<div class="cards">' + "".join(f"<div class='card'><b>{escape(str(val))}</b><span>{escape(k)}</span></div>" for k, val in cards) + "</div>")
     if s.rounds:
-        parts += ["<h2>Per round</h2>", _plots(s)]
-        rows = [[str(r.run), str(r.round), str(r.tensors_sent), human_bytes(r.bytes_sent),
-                 f"<span class='no'>{r.unmasked_sent}</span>" if r.unmasked_sent else "0",
-                 str(r.tensors_received), human_bytes(r.bytes_received), _f(r.epsilon_round), _f(r.epsilon_total),
-                 _f(r.delta), escape(r.accountant or "–"),
-                 {True: "accepted", False: "<span class='no'>rejected</span>", None: "–"}[r.policy_accepted],
-                 str(r.refusals), str(r.errors)] for r in s.rounds]
-        parts.append(_table(["run", "round", "tensors sent", "bytes sent", "unmasked", "tensors recv", "bytes recv",
-                             "ε round", "ε total", "δ", "accountant", "policy", "refusals", "errors"],
-                            rows, numeric={2, 3, 4, 5, 6, 7, 8, 9, 12, 13}))
+        parts += ["<h2>Per round of each study</h2>", _plots(s), _rounds_table(s),
+                  "<p class='sub'>ε added: how much this round's charge raised the party's cumulative ε (its "
+                  "ledger composes every round it ever charged, across studies); ε total: where it stands after it. "
+                  "The global model the server broadcasts is the model, not a site's data: it is never counted as "
+                  "unmasked.</p>"]
+    if any(r.reported for r in s.rounds):
+        parts += ["<h2>Each site's ε as it reported it (the server's view)</h2>", _reported_table(s)]
     parts.append(f"<h2>Refusals, errors, rejected policy checks ({len(s.events)})</h2>")
     if s.events:
-        parts.append(_table(["seq", "time", "run", "round", "what", "detail"],
-                            [[str(e.seq), escape(e.time), str(e.run), "–" if e.round is None else str(e.round),
+        parts.append(_table(["seq", "time", "study", "round", "what", "detail"],
+                            [[str(e.seq), escape(e.time), escape(e.study or "–"), "–" if e.round is None else str(e.round),
                               escape(e.kind), escape(e.text)] for e in s.events], numeric={0}))
     else:
         parts.append("<p>None.</p>")
-    parts.append("<h2>Runs</h2>")
-    parts.append(_table(["run", "started", "role", "policy", "ε budget", "δ budget", "ended", "config"],
-                        [[str(r.run), escape(r.time), escape(r.role or "–"), escape(r.policy or "–"),
-                          _f(r.epsilon_budget), _f(r.delta_budget),
+    parts.append(f"<h2>{runs.capitalize()}</h2>")
+    parts.append(_table(["#", "started", "study", "message" if site else "role", "policy", "ε budget", "δ budget",
+                         "ended", "config"],
+                        [[str(r.run), escape(r.time), escape(r.study or "–"),
+                          escape(str(r.config.get("message", r.role or "–")) if site else (r.role or "–")),
+                          escape(r.policy or "–"), _f(r.epsilon_budget), _f(r.delta_budget),
                           escape(r.end_status) if r.end_status else "<span class='no'>never</span>",
                           "<span class='mono'>" + escape(", ".join(f"{k}={v}" for k, v in r.config.items())) + "</span>"]
                          for r in s.runs]))
     parts.append(f"<h2>Tensors ({len(s.tensors)})</h2>")
-    parts.append(_table(["seq", "run", "round", "dir", "peer", "name", "shape", "dtype", "bytes", "masked", "sha256"],
-                        [[str(x.seq), str(x.run), str(x.round), x.direction, escape(x.peer), f"<span class='mono'>{escape(x.name)}</span>",
-                          escape("×".join(map(str, x.shape)) or "scalar"), escape(x.dtype), str(x.nbytes),
-                          "yes" if x.masked else ("<span class='no'>no</span>" if x.direction == "sent" else "no"),
+    parts.append(_table(["seq", "study", "round", "direction", "name", "shape", "dtype", "bytes", "masked", "sha256"],
+                        [[str(x.seq), escape(x.study or "–"), str(x.round),
+                          escape(f"sent to {x.peer}" if x.direction == "sent" else f"received from {x.peer}"),
+                          f"<span class='mono'>{escape(x.name)}</span>",
+                          escape("×".join(map(str, x.shape)) or "scalar"), escape(x.dtype), str(x.nbytes), _masked(x),
                           f"<span class='mono' title='{x.sha256}'>{x.sha256[:16]}…</span>"] for x in s.tensors],
-                        numeric={0, 8}))
+                        numeric={0, 7}))
     title = f"fedmed audit: {s.party or v.path}"
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
             f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{_CSS}</style></head>"

@@ -261,6 +261,12 @@ class AuditLog:
                                                   epsilon_total=epsilon_total, delta=delta, accountant=accountant,
                                                   study=study, dataset=dataset, charge=charge, epsilon_cap=epsilon_cap))
 
+    def privacy_reported(self, *, round: int, peer: str, epsilon_total: float, epsilon_round: float | None = None,
+                         delta: float | None = None) -> Entry:
+        """The ε a site reported in its reply (the server's view of its budget)."""
+        return self.append("privacy_reported", dict(round=round, peer=peer, epsilon_total=epsilon_total,
+                                                    epsilon_round=epsilon_round, delta=delta))
+
     def witness(self, head: LogHead, *, round: int | None = None) -> Entry:
         """Record another party's head (checked with `audit.heads.check_head` first)."""
         return self.append("witness", head.witness_body(round=round))

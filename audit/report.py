@@ -1,8 +1,13 @@
-"""Summaries of a verified log: bytes and tensors per round, the ε trajectory, refusals.
+"""Summaries of a verified log, in an auditor's words: per study and round, what was sent and
+received, how much the party's ε rose and stands at, what the server heard each site report of its
+ε, and refusals and errors.
 
-Only entries that verified are summarised; the summary carries the verification report,
-so a page about a log that failed verification says so first. With `study`, only the runs of
-that study (their run_start's `study`) are summarised.
+A site writes every message it answers as a run of its own, so a round of a study gathers several
+runs (its `messages`); the server's run holds every round of its study. The global model the server
+broadcasts is counted apart (`model_sent`): it is the model, not any site's data, and never counts
+as "unmasked". Only entries that verified are summarised; the summary carries the verification
+report, so a page about a log that failed verification says so first. With `study`, only the runs
+of that study (their run_start's `study`) are summarised.
 """
 
 from __future__ import annotations
@@ -33,25 +38,32 @@ class RunInfo(BaseModel):
 
 
 class RoundRow(BaseModel):
-    run: int
+    """One round of one study as this party's log saw it. A site writes every message it answers as a
+    run of its own, so a round gathers several runs (`messages`); the server's run holds every round."""
+
+    study: str | None
     round: int
+    messages: int = 0  # the runs (a site's messages; the server's run) that touched this round
     tensors_sent: int = 0
     bytes_sent: int = 0
-    unmasked_sent: int = 0
+    model_sent: int = 0  # bytes of the global model sent (the server's broadcast: the model, no site's data)
+    unmasked_sent: int = 0  # tensors of a site's update that left unmasked (the global model is not counted)
     tensors_received: int = 0
     bytes_received: int = 0
-    epsilon_round: float | None = None
+    epsilon_added: float | None = None  # how much the party's cumulative ε rose with this round's charge
     epsilon_total: float | None = None
     delta: float | None = None
     accountant: str | None = None
     policy_accepted: bool | None = None
     refusals: int = 0
     errors: int = 0
+    reported: dict[str, float] = Field(default_factory=dict)  # the server's view: each site's cumulative ε
 
 
 class TensorRow(BaseModel):
     seq: int
     run: int
+    study: str | None = None
     round: int
     direction: str  # "sent" | "received"
     peer: str
@@ -70,6 +82,7 @@ class EventRow(BaseModel):
     time: str
     run: int
     kind: str
+    study: str | None = None
     round: int | None = None
     text: str
 
@@ -86,20 +99,47 @@ class AuditSummary(BaseModel):
     totals: dict[str, int]
 
 
-def summarize_entries(entries: list[Entry], verification: VerifyReport) -> AuditSummary:
+GLOBAL_MODEL = "global"  # the tensor name of the global model the server broadcasts (fedmed.fl.wire.tensors)
+
+
+def epsilon_rises(entries: list[Entry]) -> dict[int, float]:
+    """seq of each `privacy_budget` entry -> how much it raised its dataset's cumulative ε (the first
+    charge of a dataset raises it from 0); computed over the whole log, before a study is picked."""
+    last: dict[str | None, float] = {}
+    rises = {}
+    for e in entries:
+        if e.kind == "privacy_budget":
+            dataset = e.body.get("dataset")
+            rises[e.seq] = max(0.0, e.body["epsilon_total"] - last.get(dataset, 0.0))
+            last[dataset] = e.body["epsilon_total"]
+    return rises
+
+
+def summarize_entries(entries: list[Entry], verification: VerifyReport,
+                      rises: dict[int, float] | None = None) -> AuditSummary:
     runs: list[RunInfo] = []
-    rounds: dict[tuple[int, int], RoundRow] = {}
+    rounds: dict[tuple[str | None, int], RoundRow] = {}
+    touched: set[tuple[int, str | None, int]] = set()  # (run, study, round): a run counts once per round
     tensors: list[TensorRow] = []
     events: list[EventRow] = []
     budget: float | None = None
+    rises = epsilon_rises(entries) if rises is None else rises
 
     def row(r: int | None) -> RoundRow | None:
         if r is None:
             return None
-        key = (len(runs), r)
+        study = runs[-1].study if runs else None
+        key = (study, r)
         if key not in rounds:
-            rounds[key] = RoundRow(run=len(runs), round=r)
+            rounds[key] = RoundRow(study=study, round=r)
+        if (len(runs), study, r) not in touched:
+            touched.add((len(runs), study, r))
+            rounds[key].messages += 1
         return rounds[key]
+
+    def event(e: Entry, kind: str, text: str, r: int | None = None) -> None:
+        events.append(EventRow(seq=e.seq, time=e.time, run=len(runs), kind=kind, round=r, text=text,
+                               study=runs[-1].study if runs else None))
 
     for e in entries:
         b = e.body
@@ -116,19 +156,25 @@ def summarize_entries(entries: list[Entry], verification: VerifyReport) -> Audit
         elif e.kind in ("tensor_sent", "tensor_received"):
             sent = e.kind == "tensor_sent"
             tensors.append(TensorRow(seq=e.seq, run=run, direction="sent" if sent else "received",
+                                     study=runs[-1].study if runs else None,
                                      **{k: b[k] for k in TensorRow.model_fields if k in b}))
             rr = row(b["round"])
             if sent:
                 rr.tensors_sent += 1
                 rr.bytes_sent += b["nbytes"]
-                rr.unmasked_sent += not b["masked"]
+                if b["name"] == GLOBAL_MODEL:
+                    rr.model_sent += b["nbytes"]
+                else:
+                    rr.unmasked_sent += not b["masked"]
             else:
                 rr.tensors_received += 1
                 rr.bytes_received += b["nbytes"]
         elif e.kind == "privacy_budget":
             rr = row(b["round"])
-            rr.epsilon_round, rr.epsilon_total = b["epsilon_round"], b["epsilon_total"]
-            rr.delta, rr.accountant = b["delta"], b["accountant"]
+            rr.epsilon_added = (rr.epsilon_added or 0.0) + rises.get(e.seq, 0.0)
+            rr.epsilon_total, rr.delta, rr.accountant = b["epsilon_total"], b["delta"], b["accountant"]
+        elif e.kind == "privacy_reported":
+            row(b["round"]).reported[b["peer"]] = b["epsilon_total"]
         elif e.kind == "policy_decision":
             budget = b["epsilon_budget"] if b["epsilon_budget"] is not None else budget
             rr = row(b["round"])
@@ -136,39 +182,43 @@ def summarize_entries(entries: list[Entry], verification: VerifyReport) -> Audit
                 rr.policy_accepted = b["accepted"] and rr.policy_accepted is not False
             if not b["accepted"]:
                 stage = f" ({b['stage']})" if b["stage"] else ""
-                events.append(EventRow(seq=e.seq, time=e.time, run=run, kind="policy rejected",
-                                       round=b["round"], text=f"policy{stage}: " + "; ".join(b["violations"] or ["rejected"])))
+                event(e, "policy rejected", f"policy{stage}: " + "; ".join(b["violations"] or ["rejected"]),
+                      b["round"])
         elif e.kind == "refusal":
             if (rr := row(b["round"])) is not None:
                 rr.refusals += 1
             detail = (": " + "; ".join(b["violations"])) if b["violations"] else ""
             peer = f" (to {b['peer']})" if b["peer"] else ""
-            events.append(EventRow(seq=e.seq, time=e.time, run=run, kind="refusal", round=b["round"],
-                                   text=f"{b['reason']}{peer}{detail}"))
+            event(e, "refusal", f"{b['reason']}{peer}{detail}", b["round"])
         elif e.kind == "error":
             if (rr := row(b["round"])) is not None:
                 rr.errors += 1
-            events.append(EventRow(seq=e.seq, time=e.time, run=run, kind="error", round=b["round"],
-                                   text=f"{b['error_type']}: {b['message']}"))
+            event(e, "error", f"{b['error_type']}: {b['message']}", b["round"])
         elif e.kind == "privacy_cap":
             before = "no cap" if b["epsilon_before"] is None else f"{b['epsilon_before']:g}"
             budget = b["epsilon_after"]
-            events.append(EventRow(seq=e.seq, time=e.time, run=run, kind="ε cap changed",
-                                   text=f"ε cap {before} -> {b['epsilon_after']:g}: {b['reason']}"))
+            event(e, "ε cap changed", f"ε cap {before} -> {b['epsilon_after']:g}: {b['reason']}")
         elif e.kind == "recovery":
             torn = f"; {b['torn_bytes']} torn bytes set aside in {b['torn_saved_to']}" if b["torn_bytes"] else ""
-            events.append(EventRow(seq=e.seq, time=e.time, run=run, kind="recovery", text=b["reason"] + torn))
+            event(e, "recovery", b["reason"] + torn)
 
     sent = [t for t in tensors if t.direction == "sent"]
     recv = [t for t in tensors if t.direction == "received"]
-    totals = dict(entries=len(entries), runs=len(runs), rounds=len(rounds), tensors_sent=len(sent),
-                  bytes_sent=sum(t.nbytes for t in sent), unmasked_sent=sum(not t.masked for t in sent),
+    totals = dict(entries=len(entries), runs=len(runs), studies=len({r.study for r in runs}), rounds=len(rounds),
+                  tensors_sent=len(sent), bytes_sent=sum(t.nbytes for t in sent),
+                  model_sent=sum(t.nbytes for t in sent if t.name == GLOBAL_MODEL),
+                  unmasked_sent=sum(not t.masked and t.name != GLOBAL_MODEL for t in sent),
                   tensors_received=len(recv), bytes_received=sum(t.nbytes for t in recv),
                   refusals=sum(ev.kind == "refusal" for ev in events),
                   errors=sum(ev.kind == "error" for ev in events))
     return AuditSummary(verification=verification, party=verification.party, runs=runs,
-                        rounds=sorted(rounds.values(), key=lambda r: (r.run, r.round)),
+                        rounds=sorted(rounds.values(), key=lambda r: (_first_run(runs, r.study), r.round)),
                         tensors=tensors, events=events, epsilon_budget=budget, totals=totals)
+
+
+def _first_run(runs: list[RunInfo], study: str | None) -> int:
+    """Studies in the order the log first meets them."""
+    return next((r.run for r in runs if r.study == study), 0)
 
 
 def of_study(entries: list[Entry], study: str) -> list[Entry]:
@@ -186,6 +236,7 @@ def summarize(path: str | os.PathLike, public_key: PublicKeyLike | None = None, 
               roster: AuditRoster | None = None, study: str | None = None) -> AuditSummary:
     """Verify the log at `path` and summarise the entries that verified (of `study`'s runs only, if given)."""
     rep = verify(Path(path), public_key, allow_open=allow_open, roster=roster)
-    summary = summarize_entries(rep.verified if study is None else of_study(rep.verified, study), rep)
+    rises = epsilon_rises(rep.verified)  # a study's first charge rises from the totals before it
+    summary = summarize_entries(rep.verified if study is None else of_study(rep.verified, study), rep, rises)
     summary.study = study
     return summary

@@ -105,27 +105,43 @@ def _print_summary(s: AuditSummary) -> None:
     v = s.verification
     out.print(_state(v.ok) + escape(v.summary()))
     t = s.totals
-    out.print(f"party {escape(str(s.party))}: {t['runs']} run(s), {t['rounds']} round(s), "
-              f"{t['tensors_sent']} tensors sent ({human_bytes(t['bytes_sent'])}, {t['unmasked_sent']} unmasked), "
+    runs = "message(s)" if any(r.role == "site" for r in s.runs) else "run(s)"
+    budget = "–" if s.epsilon_budget is None else f"{s.epsilon_budget}"
+    out.print(f"party {escape(str(s.party))}: {t['studies']} study(ies), {t['rounds']} round(s), {t['runs']} {runs}, "
+              f"{t['tensors_sent']} tensors sent ({human_bytes(t['bytes_sent'])}; {t['unmasked_sent']} of a site's "
+              f"data unmasked; the global model {human_bytes(t['model_sent'])}), "
               f"{t['tensors_received']} received ({human_bytes(t['bytes_received'])}), "
-              f"{t['refusals']} refusal(s), {t['errors']} error(s); ε budget {s.epsilon_budget}")
+              f"{t['refusals']} refusal(s), {t['errors']} error(s); ε budget {budget}")
     if s.rounds:
-        tab = Table(title="Per round")
-        for h in ("run", "round", "sent", "bytes sent", "unmasked", "recv", "bytes recv", "ε round", "ε total", "δ", "policy"):
-            tab.add_column(h, justify="left" if h == "policy" else "right")
+        tab = Table(title="Per round of each study")
+        for h in ("study", "round", "messages", "sent", "bytes sent", "unmasked", "recv", "bytes recv", "ε added",
+                  "ε total", "δ", "policy"):
+            tab.add_column(h, justify="left" if h in ("study", "policy") else "right")
         for r in s.rounds:
             f = lambda x: "–" if x is None else f"{x:.4g}"  # noqa: E731
             pol = {True: "accepted", False: "[red]rejected[/]", None: "–"}[r.policy_accepted]
-            tab.add_row(str(r.run), str(r.round), str(r.tensors_sent), human_bytes(r.bytes_sent),
-                        f"[red]{r.unmasked_sent}[/]" if r.unmasked_sent else "0", str(r.tensors_received),
-                        human_bytes(r.bytes_received), f(r.epsilon_round), f(r.epsilon_total), f(r.delta), pol)
+            tab.add_row(escape(r.study or "–"), str(r.round), str(r.messages), str(r.tensors_sent),
+                        human_bytes(r.bytes_sent), f"[red]{r.unmasked_sent}[/]" if r.unmasked_sent else "0",
+                        str(r.tensors_received), human_bytes(r.bytes_received), f(r.epsilon_added),
+                        f(r.epsilon_total), f(r.delta), pol)
+        out.print(tab)
+    if any(r.reported for r in s.rounds):
+        sites = sorted({site for r in s.rounds for site in r.reported})
+        tab = Table(title="Each site's ε as it reported it (the server's view)")
+        for h in ("study", "round", *sites):
+            tab.add_column(escape(h), justify="left" if h == "study" else "right")
+        for r in s.rounds:
+            if r.reported:
+                tab.add_row(escape(r.study or "–"), str(r.round),
+                            *(f"{r.reported[x]:.4g}" if x in r.reported else "–" for x in sites))
         out.print(tab)
     if s.events:
         tab = Table(title="Refusals, errors, rejected policy checks")
-        for h in ("seq", "round", "what", "detail"):
+        for h in ("seq", "study", "round", "what", "detail"):
             tab.add_column(h)
         for e in s.events:
-            tab.add_row(str(e.seq), "–" if e.round is None else str(e.round), e.kind, escape(e.text))
+            tab.add_row(str(e.seq), escape(e.study or "–"), "–" if e.round is None else str(e.round), e.kind,
+                        escape(e.text))
         out.print(tab)
 
 

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import math
+from enum import IntEnum
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 console = Console(highlight=False, soft_wrap=True)
+
+
+class ExitCode(IntEnum):
+    """How `fedmed client` and `fedmed server` end (the README's "Exit codes"); each prints why."""
+
+    OK = 0  # the study completed, or a stop was requested (Ctrl-C, SIGTERM)
+    FAILED = 1  # the study failed, or a process of the deployment stopped unexpectedly
+    USAGE = 2  # bad options, config, data, policy, roster or kit
+    REFUSED = 3  # the SuperLink refused this site (its key is not registered)
+    UNREACHABLE = 4  # no server answered at the address (after --max-retries)
+    TLS = 5  # the server's certificate is not trusted, or not valid for the address dialled
+    BUSY = 6  # the port is taken, an earlier server's processes still run, another client holds the state
 
 
 def load_config(path: Path | None):
@@ -21,6 +34,13 @@ def load_config(path: Path | None):
         return load_federation_config(path)
     except ConfigError as error:
         fail(str(error))
+
+
+def site_state_dir(site: str) -> Path:
+    """A site's own state folder by default: `~/.fedmed/sites/<name>/` (ledgers, split, keys, audit log)."""
+    from fedmed.fl.wire.tensors import party_name
+
+    return Path.home() / ".fedmed" / "sites" / party_name(site)
 
 
 def fail(message: str, code: int = 2):
@@ -40,6 +60,25 @@ def describe(error: Exception) -> str:
     if isinstance(error, ValidationError):
         return escape("invalid settings:\n" + "\n".join(f"  - {p}" for p in validation_problems(error)))
     return escape(str(error))
+
+
+def failure_advice(plan, run_dir: Path) -> str:
+    """What to do after a failed study, true to what the run directory holds; with DP, what the failed
+    round cost the sites that sent their update."""
+    from fedmed.fl.server.run_dir import RunDir
+
+    done = RunDir(run_dir).completed_rounds()
+    if done:
+        advice = (f"The checkpoint of round {done[-1]} is in {run_dir / 'checkpoints'}: fix the cause and run the "
+                  f"same command with --resume to continue from round {done[-1] + 1}.")
+    else:
+        advice = "No round completed, so there is nothing to resume: fix the cause and run the same command again."
+    if plan.privacy.mode != "none":
+        advice += (" Each site that sent its update in the failed round has charged that round to its privacy "
+                   "ledger (a masked update is a release all the same), so repeating the round spends ε again: "
+                   "`fedmed policy check POLICY --config CONFIG --state SITE_STATE --samples N` tells whether a "
+                   "site's budget still covers the rest.")
+    return advice
 
 
 def stop_on_sigterm() -> None:

@@ -57,3 +57,6 @@ from fedmed.cli import predict as _predict  # noqa: E402
 app.command("predict")(_predict.predict)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("export")(_export.export)
+from fedmed.cli import provision as _provision  # noqa: E402
+
+app.command("provision")(_provision.provision)

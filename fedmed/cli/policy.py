@@ -120,11 +120,17 @@ def trainable_tensor_bytes(config: FederationConfig) -> dict[str, int]:
 def check(
     policy: PolicyArg,
     config: Annotated[Path, typer.Option("--config", "-c", help="the federation.toml to check")],
+    state: Annotated[list[Path] | None, typer.Option(
+        "--state", help="a site's state folder (its ledgers): predict what the study would cost it; repeatable")] = None,
+    samples: Annotated[int | None, typer.Option(min=1, help="the site's training samples (sample-level DP: they set "
+                                                "its sampling rate and steps)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Which settings of a federation config a site with this policy would refuse.
+    """Which settings of a federation config a site with this policy would refuse, and (with DP) what the
+    study would cost each site's privacy budget: ε for the study, its total after, whether its cap covers it.
 
-    Exit status: 0 when the site would take part, 1 when it would refuse, 2 on a bad policy or config.
+    Exit status: 0 when the site would take part, 1 when it would refuse (a setting, or a budget that cannot
+    cover the study), 2 on a bad policy, config or state folder.
     """
     loaded = _load(policy)
     try:
@@ -134,13 +140,18 @@ def check(
     tensors = trainable_tensor_bytes(fed)
     request = fed.round_request(list(tensors), expected_bytes=sum(tensors.values()))
     violations = check_round(loaded, request)
-    not_checked = ["local samples per round and the epsilon already spent: known only at each site"]
+    predictions = _predictions(fed, loaded, state or [], samples)
+    short = [p for p in predictions if not p["fits"]]
+    not_checked = ["local samples per round: known only at each site"]
+    if not state:
+        not_checked.append("the epsilon a site has already spent (give its state folder with --state)")
     if as_json:
         report = {
             "policy": loaded.name,
             "config": str(config),
-            "accepted": not violations,
+            "accepted": not violations and not short,
             "violations": [v.model_dump(mode="json") for v in violations],
+            "predictions": predictions,
             "not_checked": not_checked,
             "request": request.model_dump(mode="json"),
         }
@@ -156,6 +167,61 @@ def check(
                 out.print(Text.assemble("  - ", (v.rule, "bold"), f" ({v.field}): {v.message}"))
         else:
             out.print(Text(f"A site with policy '{loaded.name}' would take part.", style="bold green"))
+        _print_predictions(out, fed, predictions)
         out.print(Text(f"Not checked here: {'; '.join(not_checked)}.", style="dim"))
-    if violations:
+    if violations or short:
         raise typer.Exit(1)
+
+
+def _predictions(fed: FederationConfig, policy: Policy, states: list[Path], samples: int | None) -> list[dict]:
+    """Per ledger of each state folder (or for a site that never trained under DP): the study's cost."""
+    from fedmed.fl.launch.study_cost import predict_study
+    from fedmed.privacy import LedgerError, PrivacyLedger
+    from fedmed.privacy.ledger_admin import find_ledgers
+
+    if fed.privacy.mode == "none":
+        return []
+    if samples is None and fed.privacy.mode == "sample":
+        if states:
+            raise _fail(ValueError("--state needs --samples N (the site's training samples) under sample-level DP"))
+        return []
+    found: list[tuple[str, PrivacyLedger | None]] = []
+    for folder in states:
+        try:
+            ledgers = [PrivacyLedger.at(path) for path in find_ledgers(folder)]
+        except LedgerError as exc:
+            raise _fail(exc) from None
+        found += [(str(folder), ledger) for ledger in ledgers] or [(str(folder), None)]
+    results = []
+    for where, ledger in found or [("a site that never trained under DP", None)]:
+        cost = predict_study(fed, policy, ledger=ledger, num_samples=samples or 1)
+        results.append({"state": where, "dataset": ledger.dataset if ledger else None,
+                        "epsilon_spent": ledger.epsilon_spent if ledger else 0.0, **cost.model_dump()})
+    return results
+
+
+def _print_predictions(out: Console, fed: FederationConfig, predictions: list[dict]) -> None:
+    if fed.privacy.mode == "none":
+        out.print(Text("The study trains without differential privacy: nothing bounds what its releases reveal.",
+                       style="yellow"))
+        return
+    if not predictions:
+        target = (f"ε {fed.privacy.epsilon:g} over its {fed.federation.rounds} rounds (each site's noise is "
+                  "calibrated to it)" if fed.privacy.noise_multiplier is None else
+                  "an ε that depends on its training samples (give --samples)")
+        out.print(Text(f"Each site would spend {target}, on top of what its ledger holds; give --state and --samples "
+                       "to check a site's budget covers it."))
+        return
+    table = Table("site state", "dataset", "spent", "this study", "total after", "cap", "verdict",
+                  title=f"privacy budget: {fed.federation.name}, {fed.federation.rounds} rounds")
+    for p in predictions:
+        verdict = (Text("covered", style="green") if p["fits"] else
+                   Text(f"not covered: refuses from round {p['rounds_that_fit'] + 1}", style="bold red"))
+        table.add_row(Text(p["state"]), Text((p["dataset"] or "new")[:12]), f"{p['epsilon_spent']:.3g}",
+                      f"{p['epsilon_study']:.3g}", f"{p['epsilon_total_after']:.3g}",
+                      "none" if p["epsilon_cap"] is None else f"{p['epsilon_cap']:.3g}", verdict)
+    out.print(table)
+    if any(not p["fits"] for p in predictions):
+        out.print(Text("A site whose remaining budget cannot cover the study refuses the round that would pass its "
+                       "cap; every round it trained stays charged. Plan fewer rounds, a smaller ε, or ask the site "
+                       "(`fedmed privacy cap`).", style="red"))

@@ -10,12 +10,22 @@ log in `DIR/audit/<party>.jsonl` (+ `.pub`; private keys and privacy ledgers in 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from fedmed.cli.fl_common import console, describe, fail, load_config, print_round, print_summary
+from fedmed.cli.fl_common import (
+    console,
+    describe,
+    fail,
+    failure_advice,
+    load_config,
+    print_round,
+    print_summary,
+    site_state_dir,
+)
 
 
 def simulate(
@@ -49,14 +59,15 @@ def simulate(
                                        help="send plain updates: the server sees every site's update"),
     policy: str = typer.Option("strict", help="every site's policy: strict, balanced, research or a TOML file"),
     state_dir: Optional[Path] = typer.Option(None, help="the sites' own state (privacy ledgers, keys, splits) for a "
-                                             "data folder [default: ~/.fedmed, as fedmed client; synthetic "
-                                             "sites: OUT/state]"),
+                                             "data folder [default: each site's ~/.fedmed/sites/NAME/, as fedmed "
+                                             "client's; synthetic sites: OUT/state]"),
     dp: Optional[str] = typer.Option(None, help="none, sample (DP-SGD) or client [default: the config's, else sample]"),
     epsilon: Optional[float] = typer.Option(None, help="each site's DP target epsilon over the run [default: 8]"),
     verbose: bool = typer.Option(False, "--verbose", help="Flower's and Ray's logs too"),
 ) -> None:
     """Simulate a federation of hospitals on one machine (Flower simulation engine)."""
     from fedmed.fl.launch.simulation import SimulationError, prepare_simulation, simulation_sites
+    from fedmed.fl.site.runtime import site_name
     from fedmed.fl.plan import make_plan, override_privacy
     from fedmed.fl.server.plots import save_dice_plot
 
@@ -79,8 +90,8 @@ def simulate(
             privacy=override_privacy(base.privacy, mode=dp, epsilon=epsilon),
             out=str(out or Path("runs") / plan_name), num_clients=len(sites), holdout=holdout,
             round_timeout=round_timeout)
-        if state_dir is None and data != "synthetic":
-            state_dir = Path.home() / ".fedmed"  # a data folder's budget outlives the run folder
+        if state_dir is None and data != "synthetic":  # a data folder's budget outlives the run folder
+            sites = [replace(site, state_dir=str(site_state_dir(site_name(site)))) for site in sites]
         plan, sites = prepare_simulation(plan, sites, policy=policy, state_dir=state_dir)
     except (ValueError, SimulationError) as error:
         fail(describe(error))
@@ -104,10 +115,10 @@ def _run(plan, sites, *, resume: bool, cpus_per_site: int | None, verbose: bool)
     try:
         return run_simulation(plan, sites, resume=resume, on_round=lambda r: print_round(r, plan.rounds),
                               cpus_per_site=cpus_per_site, verbose=verbose)
-    except (FederationError, RunStateError) as error:
-        message = describe(error)
-        fail(f"{message}\n(the last completed round's checkpoint is in {Path(plan.out) / 'checkpoints'}; "
-             "fix the cause and run again with --resume)" if "round" in message else message, code=1)
+    except FederationError as error:
+        fail(f"{describe(error)}\n{failure_advice(plan, Path(plan.out))}", code=1)
+    except RunStateError as error:
+        fail(describe(error), code=1)
 
 
 def _centralized(plan, sites, run_dir: Path) -> dict:

@@ -19,5 +19,6 @@ the wire. `site/` never imports `server/` nor the reverse; `wire/` imports neith
   `aggregation` (the aggregator seam; plain FedAvg weighting), `secure`, `strategy` (the server
   optimizer step), `rounds`, `run_dir`, `plots`, `server_app`
 - `launch/`: the only place that assembles both: `simulation`, `inprocess`, `deployment`,
-  `credentials`, `baseline`
+  `credentials`, `baseline`, and a consortium's deployment: `provision` (its kits, `kits`, `kit_texts`),
+  `processes` (what a command owns), `flower_logs` (why Flower stopped), `study_cost` (a planned study's ε per site)
 """

@@ -91,7 +91,8 @@ def _epsilon(ledger: PrivacyLedger, history: list) -> float:
 def study_cost(ledger: PrivacyLedger, *, rounds: int, sample_rate: float, steps: int,
                noise_multiplier: float | None = None, target_epsilon: float | None = None) -> StudyCost:
     """The cost of `rounds` rounds of `steps` steps at `sample_rate`, with the given noise or the noise
-    a target ε over the whole study calls for (exactly one of them)."""
+    a target ε over the whole study calls for (exactly one of them), against the cap in force (the
+    ledger's, or a lower policy cap it was opened with)."""
     if (noise_multiplier is None) == (target_epsilon is None):
         raise ValueError("give exactly one of noise_multiplier and target_epsilon")
     if rounds < 1 or steps < 1 or not 0 < sample_rate <= 1:
@@ -99,7 +100,7 @@ def study_cost(ledger: PrivacyLedger, *, rounds: int, sample_rate: float, steps:
     sigma = noise_multiplier if noise_multiplier is not None else noise_for_target(
         epsilon=target_epsilon, delta=ledger.delta, sample_rate=sample_rate, steps=steps * rounds,
         accountant=ledger.accountant)
-    past, entry, cap = ledger.history, (float(sigma), float(sample_rate), int(steps)), ledger.ledger_cap
+    past, entry, cap = ledger.history, (float(sigma), float(sample_rate), int(steps)), ledger.epsilon_budget
 
     def total(k: int) -> float:
         return _epsilon(ledger, past + [entry] * k)

@@ -83,10 +83,12 @@ def site_message(log_dir: Path, party: str, r: int, *, study: str | None, run_id
 
 
 def federate(site_dir: Path, server_dir: Path, sites: tuple[str, ...] = ("site-1",), *, rounds: int = 3,
-             study: str | None = "study-a", run_id: str | None = None, evaluate: bool = True) -> Path:
+             study: str | None = "study-a", run_id: str | None = None, evaluate: bool = True,
+             reported: bool = False) -> Path:
     """One federation run: the server's log (one run) and one site run per message, each reply's
     site head witnessed by the server and the server's head witnessed by the site; then, with
-    `evaluate`, one message without tensors per site. Returns the server's log."""
+    `evaluate`, one message without tensors per site; with `reported`, the server logs the ε each
+    site's reply reports (`privacy_reported`), as fedmed's server does. Returns the server's log."""
     run_id = run_id or os.urandom(16).hex()
     with open_party_log(server_dir, "server") as server:
         server.run_start(role="server", study=study, run_id=run_id)
@@ -103,6 +105,9 @@ def federate(site_dir: Path, server_dir: Path, sites: tuple[str, ...] = ("site-1
                                          received=glob if tensors else None, sent=sent)
                 if tensors:
                     server.tensors_received(round=r, peer=site, tensors=sent, masked=True)
+                    if reported:
+                        server.privacy_reported(round=r, peer=site, epsilon_total=0.5 * r, epsilon_round=0.5,
+                                                delta=1e-5)
                 server.witness(site_head, round=r)
     return server_dir / "server.jsonl"
 

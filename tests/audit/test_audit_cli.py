@@ -57,7 +57,7 @@ def test_report_table_and_html(site_log: Path, tmp_path: Path) -> None:
     out = tmp_path / "r" / "report.html"
     res = run("report", site_log, "--html", out)
     assert res.exit_code == 0, res.output
-    for text in ("Per round", "15 tensors sent", "1.4 KiB", "noise_multiplier 0.3", "ε budget 4.0"):
+    for text in ("Per round of each study", "15 tensors sent", "1.4 KiB", "noise_multiplier 0.3", "ε budget 4.0"):
         assert text in res.output, text
     assert out.read_text().count("<svg") == 2
     js = json.loads(run("report", site_log, "--json").output)

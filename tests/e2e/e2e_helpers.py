@@ -38,10 +38,10 @@ class Processes:
         self.logs, self.started = logs, []
         logs.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, args: list[str], **kwargs) -> subprocess.Popen:
+    def start(self, name: str, args: list[str], *, env: dict | None = None, **kwargs) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, **kwargs)
         self.started.append((name, process))
         return process
 

@@ -6,8 +6,7 @@ sites a round matches the simulation's within the secure sum's error bound."""
 from __future__ import annotations
 
 import json
-import os
-import signal
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from e2e_helpers import FEDMED, Processes, write_synthetic_sites
 from fedmed.fl.enrolment import Roster, create_identity
 from fedmed.fl.launch.credentials import make_site_key, make_tls
 from fedmed.fl.launch.deployment import free_port
+from fedmed.fl.launch.processes import describe
 from fedmed.io import load_trainable
 
 pytestmark = pytest.mark.e2e
@@ -111,9 +111,20 @@ def uninterrupted(federation, tmp_path_factory):
         rogue = start_client(procs, root, port, "site-0", "rogue", "--max-retries", "1")
         assert server.wait(timeout=480) == 0, procs.log("server")
         rogue_code = rogue.wait(timeout=60)
-        yield out / "run", rogue_code, procs.log("client-rogue")
     finally:
-        procs.stop_all()
+        procs.stop_all()  # the sites' state directories are theirs alone: free them for the next test
+    return out / "run", rogue_code, procs.log("client-rogue")
+
+
+def simulation_state(root: Path, out: Path) -> Path:
+    """The deployed sites' own state (training key, kept split) laid out as a simulation keeps it
+    (`STATE/<site>/`, `STATE/splits/`): a site's training randomness and split are its own, so a
+    simulation matches a deployment only on the same state."""
+    for k in range(3):
+        site = root / "state" / f"site-{k}"
+        shutil.copytree(site / f"site-{k}", out / f"site-{k}", dirs_exist_ok=True)
+        shutil.copytree(site / "splits", out / "splits", dirs_exist_ok=True)
+    return out
 
 
 def test_a_deployed_run_matches_the_simulation(uninterrupted, federation, tmp_path):
@@ -125,20 +136,23 @@ def test_a_deployed_run_matches_the_simulation(uninterrupted, federation, tmp_pa
     root, _ = federation
     simulated = tmp_path / "simulated"
     result = subprocess.run([*FEDMED, "simulate", "--config", str(root / "federation.toml"), "--data",
-                             str(root / "data"), "--policy", "research", "--out", str(simulated)],
+                             str(root / "data"), "--policy", "research", "--out", str(simulated),
+                             "--state-dir", str(simulation_state(root, tmp_path / "state"))],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    deployed, _ = load_trainable(run / "final.pt")
-    local, _ = load_trainable(simulated / "final.pt")
+    # Round 1 starts both engines from the same model, so each site trains with the same seed (its own key
+    # over the global model's SHA-256): the models agree but for float sums that may round differently in
+    # the two engines' processes. Round 2 starts from those round-1 models, whose hashes then differ, and
+    # so do the sites' seeds: only round 1 is comparable value for value.
+    deployed, _ = load_trainable(run / "checkpoints" / "round_1.pt")
+    local, _ = load_trainable(simulated / "checkpoints" / "round_1.pt")
     for name, tensor in deployed.items():
-        # float sums may round differently in the two engines' processes (the losses agree to 1e-5),
-        # and each round's fresh AdamW moves near-zero-gradient coordinates by about lr = 3e-3 in the
-        # sign of their gradient, which carries such differences to ~1e-4 in two rounds
         torch.testing.assert_close(tensor, local[name], rtol=1e-4, atol=5e-4)
     simulated_metrics = json.loads((simulated / "metrics.json").read_text())
-    for a, b in zip(metrics["rounds"], simulated_metrics["rounds"]):
+    for index, (a, b) in enumerate(zip(metrics["rounds"], simulated_metrics["rounds"])):
         for site in a["sites"]:
-            assert a["sites"][site]["loss"] == pytest.approx(b["sites"][site]["loss"], abs=2e-4)
+            if index == 0:
+                assert a["sites"][site]["loss"] == pytest.approx(b["sites"][site]["loss"], abs=2e-4)
             # the same payload; ids in the metadata (node, run) differ in length between the engines
             assert a["sites"][site]["bytes_sent"] == pytest.approx(b["sites"][site]["bytes_sent"], abs=256)
 
@@ -159,8 +173,8 @@ def test_a_killed_server_resumes_to_the_same_model(uninterrupted, federation, tm
             start_client(procs, root, port, f"site-{k}", f"site-{k}")
         wait_for(lambda: (out / "checkpoints" / "round_1.pt").exists(), 360, "round 1", poll=0.5)
         superlink = int((out / ".flower" / "superlink.pid").read_text())
-        procs.kill(server)  # the whole server side dies: fedmed server and its SuperLink
-        os.killpg(superlink, signal.SIGKILL)
+        procs.kill(server)  # fedmed server dies of SIGKILL; its SuperLink and ServerApp die with it
+        wait_for(lambda: describe(superlink) is None, 60, "the SuperLink to stop with its server", poll=0.5)
         assert not (out / "checkpoints" / "round_2.pt").exists()
         resumed = start_server(procs, root, out, name="resumed", resume=True)
         assert resumed.wait(timeout=480) == 0, procs.log("resumed")
@@ -190,7 +204,8 @@ def test_a_secure_deployment_matches_the_simulation_within_the_bound(federation,
     assert record["secure_aggregation"] and record["secagg"]["survivors"] == ["site-0", "site-1", "site-2"]
     simulated = tmp_path / "simulated"
     result = subprocess.run([*FEDMED, "simulate", "--config", str(root / "secure.toml"), "--data",
-                             str(root / "data"), "--policy", "research", "--out", str(simulated)],
+                             str(root / "data"), "--policy", "research", "--out", str(simulated),
+                             "--state-dir", str(simulation_state(root, tmp_path / "state"))],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     deployed, _ = load_trainable(tmp_path / "run" / "final.pt")

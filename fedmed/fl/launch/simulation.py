@@ -16,9 +16,9 @@ simulation engine (Ray).
                                             memory and split; the privacy ledgers of its data
 
 STATE is `DIR/state` for the synthetic federation (its sites are made with the run), and for a data
-folder the site state directory given (`fedmed simulate --state-dir`, default `~/.fedmed`, as
-`fedmed client`'s): the budget belongs to the data, so a new run on the same data spends from the
-same ledger.
+folder the site state directory given (`fedmed simulate --state-dir`), or each site's own where its
+settings name one (`fedmed simulate`: `~/.fedmed/sites/<site>/`, as `fedmed client`'s): the budget
+belongs to the data, so a new run on the same data spends from the same ledger.
 
 The launcher stands in for the consortium at enrolment (labels `partition-<k>`). The simulated
 server is this process (`localhost:simulation`, no transport: TLS is not checked). Each virtual
@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import ray
 from flwr.app import Context
 from flwr.simulation import run_simulation
 
@@ -77,8 +80,8 @@ def prepare_simulation(plan: RunPlan, sites: list[SiteSettings], *, policy: str 
     """`plan` and `sites` as a consortium would set them up: with secure aggregation on, every site
     enrolled (its identity key, the roster with every party's audit key) and the plan given the
     roster; each site with `policy` (a built-in name or a TOML path; None: no policy), its audit log
-    in `DIR/audit` (unless `audit` is false) and its private state in `state_dir` (default
-    `DIR/state`). `SimulationError` if it cannot run."""
+    in `DIR/audit` (unless `audit` is false) and its private state in its own `state_dir` if its
+    settings name one, else in `state_dir` (default `DIR/state`). `SimulationError` if it cannot run."""
     out = Path(plan.out).resolve()
     state = Path(state_dir).expanduser().resolve() if state_dir is not None else out / "state"
     if policy is not None:
@@ -95,24 +98,41 @@ def prepare_simulation(plan: RunPlan, sites: list[SiteSettings], *, policy: str 
                                    audit_keys=audit_keys)
         sites = [replace(site, identity=str(key), roster=str(roster)) for site, key in zip(sites, keys)]
     sites = [replace(site, policy=policy, audit_dir=str(out / "audit") if audit else None,
-                     state_dir=str(state), server_address=SIMULATION_SERVER, server_tls=None)
+                     state_dir=site.state_dir or str(state), server_address=SIMULATION_SERVER, server_tls=None)
              for site in sites]
     return plan.model_copy(update={"roster": str(roster) if roster else None}), sites
 
 
 def audit_keys_of(out: Path, state: Path, sites: list[SiteSettings]) -> dict[str, str]:
     """Every party's audit key, made now if new where each party keeps it (the server's in the run
-    folder `out`, each site's in its state folder `state`): party -> public key (hex), for the roster."""
+    folder `out`, each site's in its own state folder, else in `state`): party -> public key (hex), for
+    the roster."""
     keys = {SERVER_PARTY: PartyKey.load_or_create(server_log_paths(out)[1])}
     for site in sites:
         party = party_name(site_name(site))
-        keys[party] = PartyKey.load_or_create(state / party / "audit.key")
+        keys[party] = PartyKey.load_or_create(Path(site.state_dir or state) / party / "audit.key")
     return {party: key.public_bytes.hex() for party, key in keys.items()}
 
 
 def default_cpus_per_site(num_sites: int) -> int:
     """Sites run side by side on the CPUs there are (at least one CPU each)."""
     return max(1, (os.cpu_count() or 1) // max(1, num_sites))
+
+
+def start_ray(init_args: dict) -> None:
+    """Start Ray as Flower would (the driver's `sys.path` as the workers' PYTHONPATH), but with an empty
+    `working_dir` for the workers: Ray otherwise puts the driver's working directory first on every
+    worker's `sys.path`, where a folder named `audit/`, `policies/` or `secure_agg/` (an auditor's
+    reports, say) hides fedmed's packages of that name. With a `working_dir`, Ray adds that folder
+    instead, empty. Flower finds Ray running, uses it, and shuts it down when the run ends."""
+    if ray.is_initialized():
+        return
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    empty = Path(tempfile.mkdtemp(prefix="fedmed-ray-"))
+    try:
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}, "working_dir": str(empty)}, **init_args)
+    finally:
+        empty.rmdir()  # Ray has packed it by now
 
 
 def simulate(plan: RunPlan, sites: list[SiteSettings], *, resume: bool = False,
@@ -138,6 +158,7 @@ def simulate(plan: RunPlan, sites: list[SiteSettings], *, resume: bool = False,
     if not verbose:  # Flower's notice that run_simulation is deprecated in favour of `flwr run`
         flwr_logger.setLevel(logging.ERROR)
     try:
+        start_ray(backend_config["init_args"])
         run_simulation(
             server_app=make_server_app(lambda _context: (plan, resume), on_round=on_round),
             client_app=make_client_app(site_of),

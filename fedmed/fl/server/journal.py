@@ -6,10 +6,11 @@ every batch of messages to the journal as it goes out and as its replies come in
 rounds, setup, evaluation), named as the sites name them (`fedmed.fl.wire.tensors`), so
 `fedmed audit reconcile SITE SERVER` pairs them entry by entry:
 
-    run_start  (round_start  tensor_sent...  tensor_received...  refusal  error)...  run_end
+    run_start  (round_start  tensor_sent...  tensor_received...  privacy_reported  refusal  error)...  run_end
 
 A round starts with the first message of that round; a site's refusal reply is a `refusal` entry
-naming the site, an error reply an `error` entry. Each batch of messages is one write and fsync.
+naming the site, an error reply an `error` entry, the ε a reply reports a `privacy_reported` entry
+(the server's view of each site's budget). Each batch of messages is one write and fsync.
 
 Logs that prove each other complete (`audit.heads`): every message the server sends carries its
 log's signed head after that batch's entries (`outgoing` returns it), and every reply carrying a
@@ -33,7 +34,7 @@ from fedmed import __version__
 from fedmed.fl.plan import RunPlan
 from fedmed.fl.wire.layout import Layout
 from fedmed.fl.wire.messages import REFUSAL, refusal_reason, refusal_violations
-from fedmed.fl.wire.replies import audit_head
+from fedmed.fl.wire.replies import audit_head, metric
 from fedmed.fl.wire.tensors import SERVER_PARTY, is_masked, open_log, wire_tensors
 
 
@@ -121,6 +122,10 @@ class ServerJournal:
             items += [("tensor_received", tensor_body(round=round, peer=peer, name=name, data=values,
                                                       masked=is_masked(values)))
                       for name, values in wire_tensors(content, layout)]
+            if (epsilon := metric(content, "epsilon")) is not None:  # the server's view of the site's budget
+                items.append(("privacy_reported", dict(round=round, peer=peer, epsilon_total=float(epsilon),
+                                                       epsilon_round=metric(content, "epsilon_round"),
+                                                       delta=metric(content, "delta"))))
             if (head := audit_head(content)) is not None:
                 items.append(self._witness(round, peer, head))
         if items:

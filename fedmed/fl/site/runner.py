@@ -44,6 +44,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 from fedmed.fl.wire.components import COMPONENTS, FAB_METADATA
+from fedmed.fl.wire.messages import refusal_reason
 
 try:
     import tomllib
@@ -188,6 +189,7 @@ def run_task(address: str, token: str, app: ClientApp, *, max_message_bytes: int
             message, context, _run, fab = pull_task_input(client, max_bytes=max_message_bytes)
             _check(fab)
             reply = app(message=message, context=context)
+            announce_refusal(message, reply)
             status, details = SubStatus.COMPLETED, ""
     except Exception as error:  # noqa: BLE001 - every failure is answered, never swallowed silently
         details = f"{type(error).__name__}: {error}"
@@ -204,6 +206,13 @@ def run_task(address: str, token: str, app: ClientApp, *, max_message_bytes: int
             push_task_output(client=client, context=context, sub_status=status, details=details)
             client.close()
     return status
+
+
+def announce_refusal(message: Message, reply: Message) -> None:
+    """Say on the site's console (its log) when it refused what the server asked; the audit log has it too."""
+    reason = refusal_reason(reply.content) if reply.has_content() else None
+    if reason is not None:
+        logger.warning("refused the server's %s message: %s", message.metadata.message_type, reason)
 
 
 def _check(fab: Fab) -> None:

@@ -8,6 +8,7 @@ the site's own installed file with that SHA-256). A ClientApp keeps one `SiteRun
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from fedmed.config import ModelSpec
@@ -34,13 +35,15 @@ def load_site_data(settings: SiteSettings, *, image_size: int) -> SiteData:
         options = {"samples_per_site": settings.samples_per_site} if settings.samples_per_site else {}
         sites = load_sites("synthetic", image_size=image_size, data_seed=settings.data_seed,
                            num_sites=settings.num_sites, **options)
-        return sites[_partition(settings, len(sites))]
-    path = _site_folder(settings)
-    split_dir = Path(settings.state_dir) / "splits" if settings.state_dir else None
-    sites = load_sites(path, image_size=image_size, split_dir=split_dir)
-    if len(sites) != 1:  # pragma: no cover - load_sites of one dataset folder gives one site
-        raise SiteSetupError(f"{path}: expected one site's dataset, found {len(sites)}")
-    return sites[0]
+        site = sites[_partition(settings, len(sites))]
+    else:
+        path = _site_folder(settings)
+        split_dir = Path(settings.state_dir) / "splits" if settings.state_dir else None
+        sites = load_sites(path, image_size=image_size, split_dir=split_dir)
+        if len(sites) != 1:  # pragma: no cover - load_sites of one dataset folder gives one site
+            raise SiteSetupError(f"{path}: expected one site's dataset, found {len(sites)}")
+        site = sites[0]
+    return replace(site, name=settings.name) if settings.name else site
 
 
 def _site_folder(settings: SiteSettings) -> Path:
@@ -53,7 +56,10 @@ def _site_folder(settings: SiteSettings) -> Path:
 
 
 def site_name(settings: SiteSettings) -> str:
-    """The site's name, as its data names it (its folder; `site-<k>` in the synthetic federation)."""
+    """The site's name: its enrolment's, else as its data names it (its folder; `site-<k>` in the
+    synthetic federation)."""
+    if settings.name:
+        return settings.name
     if settings.data == "synthetic":
         return f"site-{settings.partition}"
     return _site_folder(settings).name

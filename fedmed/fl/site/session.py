@@ -71,7 +71,10 @@ class SiteSession:
 
     @property
     def party(self) -> str:
-        """The site's audit name: from its data, else remembered in the node's Context, else its folder."""
+        """The site's audit name: its enrolment's, else its data's, else remembered in the node's Context,
+        else its folder."""
+        if self.settings.name:
+            return party_name(self.settings.name)
         if self.data is not None:
             return party_name(self.data.name)
         if self.context is not None and PARTY_STATE in self.context.state:
@@ -85,6 +88,8 @@ class SiteSession:
         if self.settings.audit_dir is None:
             return None
         log = Path(self.settings.audit_dir) / f"{self.party}.jsonl"
+        if self.settings.audit_key is not None:
+            return log, Path(self.settings.audit_key)
         return log, (self.state_dir / "audit.key" if self.state_dir is not None else log.with_suffix(".key"))
 
     @property

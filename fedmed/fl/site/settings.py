@@ -1,8 +1,9 @@
 """A site's own settings: what it decides itself, never the server.
 
-`SiteSettings` come from the site (`fedmed client`'s command line via the SuperNode's
-`--node-config`, or the simulation's list of sites): the data folder, its own copy of a SAM
-checkpoint, its policy, its device, its identity key and roster, its state and audit folders, and
+`SiteSettings` come from the site (`fedmed client`'s command line, or the simulation's list of
+sites): its name (the roster label of its identity key when it is enrolled, else its data folder's
+name), the data folder, its own copy of a SAM checkpoint, its policy, its device, its identity key
+and roster, its state and audit folders and audit key, and
 the server as it sees its own connection (address dialled, TLS, certificate presented) — which is
 what its policy's server allowlist is checked against (`own_server`). Which of its cases train,
 validate and test is the site's too: the split is drawn once and kept in its state directory
@@ -26,6 +27,7 @@ class SiteSettings:
     """What a site decides itself. `partition` picks one site of a multi-site `data` (simulation)."""
 
     data: str = "synthetic"
+    name: str | None = None  # the site's name (its enrolment's); None: its data's (folder, `site-<k>`)
     partition: int | None = None
     num_sites: int = 3  # sites of the synthetic federation
     samples_per_site: int | None = None  # synthetic pictures a site (default: the generator's)
@@ -37,6 +39,7 @@ class SiteSettings:
     identity: str | None = None  # the site's Ed25519 identity key file (secure aggregation)
     roster: str | None = None  # the enrolment roster file it trusts (fedmed.fl.enrolment)
     state_dir: str | None = None  # private: <state_dir>/<site>/ holds its privacy ledger and audit key
+    audit_key: str | None = None  # its audit log's private key (a provisioned kit's); None: <state_dir>/<site>/
     server_address: str | None = None  # the server as this site dialled it (its policy's allowlist)
     server_tls: bool | None = None  # whether that connection is TLS (None: in-process, no transport)
     server_certificate_sha256: str | None = None  # the certificate its TLS handshake presented

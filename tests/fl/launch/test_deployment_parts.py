@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import socket
-import ssl
-import threading
 import zipfile
 
 import pytest
@@ -21,9 +17,9 @@ from flwr.cli.build import build_fab_from_disk
 
 from fedmed.fl.launch.credentials import make_site_key, make_tls
 from fedmed.fl.launch.deployment import (
-    DeploymentError,
     app_pyproject,
-    server_certificate_sha256,
+    TlsFailure,
+    reach_server,
     split_address,
 )
 from fedmed.fl.site.runner import MAX_FAB_BYTES, MAX_FAB_ENTRIES, ForeignAppError, _pull_guard, check_fab
@@ -100,44 +96,21 @@ def test_site_keys_are_openssh_ec_keys(tmp_path):
     assert load_ssh_public_key(public.read_bytes()).public_numbers() == key.public_key().public_numbers()
 
 
-@contextlib.contextmanager
-def tls_server(files):
-    """A loopback TLS listener presenting `files.certificate` to one connection; yields its address."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(files.certificate, files.key)
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-
-        def serve():
-            connection, _ = listener.accept()
-            try:
-                with context.wrap_socket(connection, server_side=True):
-                    pass
-            except (ssl.SSLError, OSError):
-                pass
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        yield f"127.0.0.1:{listener.getsockname()[1]}"
-        thread.join(timeout=5)
-
-
-def test_tls_files_and_the_fingerprint_a_site_sees(tmp_path):
+def test_tls_files_and_the_fingerprint_a_site_sees(tmp_path, tls_server):
     files = make_tls(tmp_path, ("127.0.0.1", "localhost"))
     assert files.missing() == []
     certificate = x509.load_pem_x509_certificate(files.certificate.read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in names.get_values_for_type(x509.DNSName)
     with tls_server(files) as address:
-        digest = server_certificate_sha256(address, files.ca)
+        digest = reach_server(address, files.ca, attempts=1)
     assert digest == hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
 
 
-def test_an_untrusted_certificate_is_an_error(tmp_path):
+def test_an_untrusted_certificate_is_an_error(tmp_path, tls_server):
     files, other = make_tls(tmp_path / "a"), make_tls(tmp_path / "b")
-    with tls_server(files) as address, pytest.raises(DeploymentError, match="TLS"):
-        server_certificate_sha256(address, other.ca)
+    with tls_server(files) as address, pytest.raises(TlsFailure, match="TLS with .* failed: CERTIFICATE_VERIFY_FAILED"):
+        reach_server(address, other.ca, attempts=1)
 
 
 def test_addresses():
