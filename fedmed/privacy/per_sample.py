@@ -116,7 +116,7 @@ class PerSampleGradients:
         if images.shape[0] == 0:
             empty = {name: params[name].new_zeros((0, *params[name].shape)) for name in self.names}
             return empty, images.new_zeros((0,))
-        with self._autocast(images.device):
+        with torch.no_grad(), self._autocast(images.device):  # tensors not in `names` may require grad
             grads, losses = self._vmapped(trainable, images, boxes, present, target)
         return {name: grads["model." + name] for name in self.names}, losses
 
