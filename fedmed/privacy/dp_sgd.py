@@ -49,6 +49,11 @@ class FedmedDPOptimizer(DPOptimizerFastGradientClipping):
         )
         self.noise = noise
 
+    def accumulate(self) -> None:
+        """As Opacus's, without deep-copying every gradient: `step` sets a fresh p.grad each step."""
+        for p in self.params:
+            p.summed_grad = p.grad if p.summed_grad is None else p.summed_grad + p.grad
+
     def add_noise(self) -> None:
         groups: dict[tuple, list[torch.nn.Parameter]] = {}
         for p in self.params:

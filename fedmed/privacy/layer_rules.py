@@ -14,6 +14,7 @@ example-major (SAM's windows and per-class decoder queries are), so [R, ...] reg
 | `nn.Embedding` | Opacus's embedding ghost norm; clipped sum by `index_add` |
 | `nn.LayerNorm` | Opacus's per-sample grad sampler, summed per unit |
 | SAM's `LayerNorm2d` | the same over the channel dimension |
+| SAM's encoder `Attention` (rel-pos tables) | the attention logits' gradient, recomputed; summed per table row |
 | anything else | `ExactLayer`: vjp of that layer alone per example, under vmap |
 
 Exact type checks (no subclasses): a subclass may compute something else with the same tensors.
@@ -35,7 +36,10 @@ from fedmed.models.sam_import import import_sam_modeling
 from fedmed.privacy.ghost import Contribution, PerUnit, bias_contribution, linear_contribution, rows
 from fedmed.privacy.units import Units
 
-_LayerNorm2d = import_sam_modeling().common.LayerNorm2d
+_sam = import_sam_modeling()
+_LayerNorm2d = _sam.common.LayerNorm2d
+_SamAttention = _sam.image_encoder.Attention
+_ATTENTION_BUDGET = 1 << 24  # floats of attention matrix per pass of RelPosRule (64 MiB)
 
 Contributions = dict[str, Contribution]
 
@@ -181,9 +185,62 @@ class ExactLayer(Rule):
         return {name: PerUnit(units.sum(grads[name].float())) for name in self.names}
 
 
+class RelPosRule(Rule):
+    """SAM's encoder Attention, relative-position tables (`fedsam`): logits = q k^T * scale + rel_h + rel_w
+    with rel_h[b, h, w, k] = q[b, h, w] . Rh[h, k] and Rh = rel_pos_h[h - k + H - 1] (and so for w).
+    From the layer's input (q, k, v again, softmax P) and output gradient (through proj: dO), the
+    logits' gradient P * (dO v^T - rowsum(P * dO v^T)) gives dRh per example, then each table row
+    sums the (h, k) pairs that read it. One more qkv, two attention products, no backward pass;
+    examples in passes of at most 64 MiB of attention matrix. Tables that SAM would interpolate
+    (size != 2 * side - 1) go to `ExactLayer`."""
+
+    def __call__(self, inputs, grad, units):
+        x, g = inputs[0], grad
+        rows_, height, width, channels = x.shape
+        attention = self.module
+        if attention.rel_pos_h.shape[0] != 2 * height - 1 or attention.rel_pos_w.shape[0] != 2 * width - 1:
+            return ExactLayer(attention, self.names)(inputs, grad, units)
+        heads, per_example = attention.num_heads, rows_ // units.batch
+        tokens = height * width
+        step = max(1, _ATTENTION_BUDGET // (per_example * heads * tokens * tokens))
+        grads = {"rel_pos_h": [], "rel_pos_w": []}
+        for start in range(0, units.batch, step):
+            part = slice(start * per_example, (start + step) * per_example)
+            for name, table in self._tables(x[part], g[part], height, width, heads).items():
+                grads[name].append(table.reshape(-1, per_example * heads, *table.shape[1:]).sum(1))
+        return {name: PerUnit(units.sum(torch.cat(grads[name]))) for name in self.names}
+
+    def _tables(self, x, g, height, width, heads) -> dict[str, torch.Tensor]:
+        """Per (row, head) gradients of rel_pos_h [R*heads, 2H-1, hd] and rel_pos_w [R*heads, 2W-1, hd]."""
+        attention, rows_, tokens = self.module, x.shape[0], height * width
+        qkv = attention.qkv(x).float().reshape(rows_, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, rows_ * heads, tokens, -1).unbind(0)
+        logits = _sam.image_encoder.add_decomposed_rel_pos(
+            (q * attention.scale) @ k.transpose(-2, -1), q, self.tensor("rel_pos_h").float(),
+            self.tensor("rel_pos_w").float(), (height, width), (height, width))
+        probs = logits.softmax(dim=-1)
+        d_out = (g.float() @ attention.proj.weight.float()).reshape(rows_, height, width, heads, -1)
+        d_out = d_out.permute(0, 3, 1, 2, 4).reshape(rows_ * heads, tokens, -1)
+        d_probs = d_out @ v.transpose(-2, -1)
+        d_logits = (probs * (d_probs - (probs * d_probs).sum(-1, keepdim=True))).view(-1, height, width, height, width)
+        r_q = q.reshape(-1, height, width, q.shape[-1])
+        d_rh = torch.einsum("bhwc,bhwk->bhkc", r_q, d_logits.sum(4))  # [R*heads, H, H, hd]
+        d_rw = torch.einsum("bhwc,bhwk->bwkc", r_q, d_logits.sum(3))  # [R*heads, W, W, hd]
+        return {"rel_pos_h": _gather_rows(d_rh, height), "rel_pos_w": _gather_rows(d_rw, width)}
+
+
+def _gather_rows(d_table: torch.Tensor, side: int) -> torch.Tensor:
+    """[N, side, side, hd] gradients of R[i, j] = table[i - j + side - 1] -> [N, 2*side-1, hd]."""
+    index = (torch.arange(side)[:, None] - torch.arange(side)[None, :] + side - 1).reshape(-1).to(d_table.device)
+    out = d_table.new_zeros(d_table.shape[0], 2 * side - 1, d_table.shape[-1])
+    return out.index_add_(1, index, d_table.reshape(d_table.shape[0], side * side, -1))
+
+
 def rule_for(module: nn.Module, names: list[str]) -> Rule:
     """The rule for `module`'s own trainable tensors `names`."""
     kind = type(module)
+    if kind is _SamAttention and set(names) <= {"rel_pos_h", "rel_pos_w"}:
+        return RelPosRule(module, names)
     if kind in (LoRALinear, LoRAQKV):
         return LoRARule(module, names)
     if kind is nn.Linear:

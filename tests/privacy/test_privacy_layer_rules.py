@@ -22,6 +22,7 @@ from fedmed.privacy.layer_rules import (
     LayerNormRule,
     LinearRule,
     LoRARule,
+    RelPosRule,
     rule_for,
 )
 from fedmed.privacy.units import Units
@@ -52,6 +53,17 @@ def _lora(kind: str) -> nn.Module:
     return layer
 
 
+def _attention(table_side: int) -> nn.Module:
+    """SAM's encoder attention on 3 x 3 tokens, only its relative-position tables training."""
+    layer = import_sam_modeling().image_encoder.Attention(8, num_heads=2, use_rel_pos=True,
+                                                          input_size=(table_side, table_side))
+    layer.requires_grad_(False)
+    with torch.no_grad():
+        for table in (layer.rel_pos_h, layer.rel_pos_w):
+            table.normal_().requires_grad_(True)
+    return layer
+
+
 def _case(name: str):
     """(layer, inputs [R, ...], expected rule type)."""
     g = torch.Generator().manual_seed(0)
@@ -72,13 +84,17 @@ def _case(name: str):
     if name == "layer-norm-2d":
         layer = import_sam_modeling().common.LayerNorm2d(3)
         return layer, (torch.randn(BATCH * ROWS, 3, 2, 2, generator=g),), LayerNorm2dRule
+    if name == "rel-pos":
+        return _attention(3), (torch.randn(BATCH * ROWS, 3, 3, 8, generator=g),), RelPosRule
+    if name == "rel-pos-interpolated":  # tables for 2 x 2 tokens, used on 3 x 3: SAM interpolates them
+        return _attention(2), (torch.randn(BATCH * ROWS, 3, 3, 8, generator=g),), RelPosRule
     if name == "exact-layer":
         return Gated(), (torch.randn(BATCH * ROWS, 4, 5, generator=g),), ExactLayer
     raise KeyError(name)
 
 
 NAMES = ["linear-ghost", "linear-per-unit", "lora", "lora-qkv", "conv", "conv-transpose", "embedding", "layer-norm",
-         "layer-norm-2d", "exact-layer"]
+         "layer-norm-2d", "rel-pos", "rel-pos-interpolated", "exact-layer"]
 
 
 def _reference(layer, own: dict[str, nn.Parameter], inputs, grad, labels) -> dict[str, torch.Tensor]:
