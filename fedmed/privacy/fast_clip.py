@@ -16,8 +16,20 @@ Route, fixed on the first call by comparing with the autograd graph: a tensor wh
 graph equal the uses its rule or tap saw takes this fast route; a tensor no one saw (or saw a
 different number of times) takes the exact route (`PerSampleGradients`: whole-model vmap, for those
 tensors only); a tensor the loss does not use gets zeros. For all four methods every trainable
-tensor takes the fast route (a test checks), so B copies of the trainable tensors never exist; a
-per-unit gradient exists for one layer at a time where it is cheaper than its ghost norm.
+tensor takes the fast route (a test checks), so the exact route's B copies of every trainable
+tensor never exist; a layer's per-unit gradients are formed only where that is cheaper than its
+ghost norm (LoRA factors, adapters in windowed blocks), and kept until every unit's norm is known.
+
+From Opacus: the optimizer for pre-clipped sums (`DPOptimizerFastGradientClipping`: noise sigma*C,
+division by the expected batch, step), Poisson sampling, the accountants, and the per-layer
+helpers that fit (`unfold2d`, the LayerNorm grad sampler, the Embedding ghost norm). Written here,
+because Opacus's `GradSampleModuleFastGradientClipping` + `DPLossFastGradientClipping` do not fit
+SAM: their hooks take dim 0 of every layer input as the batch (SAM folds attention windows and
+per-class decoder queries into it), they have no rule for LoRA factors, LayerNorm2d,
+ConvTranspose2d, relative-position tables or tensors used outside a layer's forward, they always
+take the ghost norm for sequences (for a LoRA factor in a windowed ViT-B block ~200x the per-unit
+gradient), they know no units other than the example, and they run a second backward pass where
+book-keeping needs none.
 """
 
 from __future__ import annotations
@@ -82,9 +94,9 @@ def graph_uses(root: torch.Tensor) -> Counter:
 class _Pass:
     """One forward and backward pass: the hooks, the uses they saw, the contributions they collected."""
 
-    def __init__(self, clipper: FastClipper, units: Units) -> None:
+    def __init__(self, clipper: FastClipper, units: Units, device: torch.device) -> None:
         self.clipper, self.units = clipper, units
-        self.anchor = torch.zeros((), requires_grad=True)
+        self.anchor = torch.zeros((), requires_grad=True, device=device)
         self.uses: Counter = Counter()
         self.contributions: dict[str, list[Contribution]] = defaultdict(list)
         self.active = True
@@ -184,7 +196,7 @@ class FastClipper:
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """(clipped sums by name, unit norms [U], per-example losses [B]) for a chunk of B >= 1 examples."""
         target = one_hot_foreground(masks, self.model.num_classes)
-        run = _Pass(self, units)
+        run = _Pass(self, units, images.device)
         with run.hooks(), self._autocast(images.device):
             logits = dense_forward(self.model, images, boxes, present)
         losses = per_example_loss(self.dice, logits.float(), target)
@@ -196,14 +208,15 @@ class FastClipper:
                   for name, parts in run.contributions.items()}
         if self.route.exact:
             merged.update(self._exact_contributions(images, boxes, present, masks, units))
-        norm2 = sum((part.norm2.to(losses.device) for part in merged.values()), losses.new_zeros(units.count))
+        norm2 = sum((part.norm2.to(losses.device) for part in merged.values()),
+                    losses.new_zeros(units.count, dtype=torch.float64))
         norms = norm2.sqrt()
-        factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0).float()
         sums = {}
         for name, param in self.params.items():
             part = merged.get(name)
             sums[name] = torch.zeros_like(param) if part is None else part.weighted(factors).to(param.dtype)
-        return sums, norms, losses.detach()
+        return sums, norms.float(), losses.detach()
 
     def _exact_contributions(self, images, boxes, present, masks, units: Units) -> dict[str, Contribution]:
         if self._exact is None:
@@ -228,6 +241,6 @@ class FastClipper:
                 if grad is not None:
                     acc += grad
             losses.append(loss.detach())
-        norm = torch.linalg.vector_norm(torch.stack([acc.norm() for acc in total]))
-        factor = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+        norm = sum(acc.double().pow(2).sum() for acc in total).sqrt()
+        factor = float((max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
         return {name: acc * factor for name, acc in zip(self.params, total)}, torch.cat(losses)

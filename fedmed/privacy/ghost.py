@@ -2,8 +2,9 @@
 
 A layer that applies y = a W^T to L rows of a unit (tokens, pixels, the windows of one image, the
 slices of one patient) gives that unit the gradient G_u = sum_l g_l a_l^T [p, d] (a: input rows,
-g: output-gradient rows). Two ways to what clipping needs, chosen per layer (Bu et al. 2023's
-mixed ghost clipping: ghost iff 2 L^2 < p d, i.e. when the L x L Gram matrices are the smaller):
+g: output-gradient rows). Two ways to what clipping needs, chosen per layer as in Bu et al. 2023's
+mixed ghost clipping, by cost: ghost iff L (d + p) < d p, where it takes both less time (L^2 (d+p)
+against L d p per unit) and less memory to keep (a and g, L (d + p), against G_u, d p):
 
 - ghost norm (Goodfellow 2015; Li et al. 2022): ||G_u||^2 = sum_{l,m} (a_l . a_m)(g_l . g_m) in
   O(L^2 (d + p)) without forming G_u; the clipped sum is then sum_b c_b g_b^T a_b from the kept a
@@ -11,10 +12,11 @@ mixed ghost clipping: ghost iff 2 L^2 < p d, i.e. when the L x L Gram matrices a
 - per-unit gradient (what Opacus's grad samplers form): G_u itself, O(L d p), held for this one
   tensor only; the clipped sum is sum_u c_u G_u.
 
-LoRA factors (d or p = rank 4) and windowed encoder layers (L = 784 per image at ViT-B, 256 px)
-take the per-unit route, decoder token layers (L = 7) the ghost route. Opacus's own norm sampler
-always takes the ghost route for sequences, which for a LoRA factor in a windowed block costs about
+LoRA factors (d or p = rank 4) and encoder layers (L = 256-784 per image at ViT-B, 256 px) take
+the per-unit route, decoder token layers (L = 7) the ghost route. Opacus's own norm sampler always
+takes the ghost route for sequences, which for a LoRA factor in a windowed block costs about
 L / rank = 200x more than the per-unit gradient, and has no notion of units other than dim 0.
+Squared norms are summed in float64: the ghost sum cancels, and fp32 would cost ~1e-4 relative.
 
 Every `Contribution` has `norm2` [U] (the unit's squared norm for this tensor) and
 `weighted(factors)` (sum_u factors_u G_u in the tensor's shape); `per_unit()` forms [U, *shape]
@@ -66,7 +68,7 @@ class PerUnit(Contribution):
     norm2: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.norm2 = self.grads.flatten(1).pow(2).sum(1)
+        self.norm2 = self.grads.flatten(1).double().pow(2).sum(1)
 
     def weighted(self, factors: torch.Tensor) -> torch.Tensor:
         return torch.einsum("u,u...->...", factors.to(self.grads.dtype), self.grads)
@@ -87,9 +89,8 @@ class Ghost(Contribution):
     norm2: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        a, g = self.units.group(self.a), self.units.group(self.g)
-        gram = (a @ a.transpose(1, 2)) * (g @ g.transpose(1, 2))
-        self.norm2 = gram.sum((1, 2)).clamp(min=0)
+        a, g = self.units.group(self.a).double(), self.units.group(self.g).double()
+        self.norm2 = ((a @ a.transpose(1, 2)) * (g @ g.transpose(1, 2))).sum((1, 2)).clamp(min=0)
 
     def weighted(self, factors: torch.Tensor) -> torch.Tensor:
         weights = self.units.expand(factors.to(self.g.dtype))
@@ -104,8 +105,8 @@ class Ghost(Contribution):
 def linear_contribution(a: torch.Tensor, g: torch.Tensor, units: Units, shape: torch.Size, *,
                         transposed: bool = False) -> Contribution:
     """The per-unit gradients of W in y = a W^T, from a [B, L, d] and g [B, L, p] (ghost or per-unit route)."""
-    length = units.largest * a.shape[1]
-    if 2 * length * length < a.shape[-1] * g.shape[-1]:
+    length, d, p = units.largest * a.shape[1], a.shape[-1], g.shape[-1]
+    if length * (d + p) < d * p:
         return Ghost(a, g, units, shape, transposed)
     per_example = torch.einsum("blp,bld->bpd", g, a)
     return PerUnit(_to_shape(units.sum(per_example), shape, transposed))

@@ -133,7 +133,7 @@ class _EmbeddingContribution(Contribution):
     def __init__(self, layer: nn.Embedding, ids: torch.Tensor, g: torch.Tensor, units: Units) -> None:
         self.layer, self.ids, self.g, self.units = layer, ids, g, units
         norms = compute_embedding_norm_sample(layer, [units.group(ids)], units.group(g))[layer.weight]
-        self.norm2 = norms.pow(2)
+        self.norm2 = norms.double().pow(2)
 
     def weighted(self, factors):
         weights = self.units.expand(factors.to(self.g.dtype))

@@ -128,6 +128,7 @@ def exact_clipped_sum(model: SamSegmenter, images: torch.Tensor, boxes: torch.Te
     each unit's sum clipped to `max_grad_norm` with Opacus's factor min(1, C / (norm + 1e-6)), summed."""
     grads, _ = PerSampleGradients(model)(images, boxes, present, masks)
     per_unit = {name: units.sum(grad) for name, grad in grads.items()}
-    norms = torch.cat([grad.flatten(1) for grad in per_unit.values()], dim=1).norm(dim=1)
-    factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    return {name: torch.einsum("u,u...->...", factors, grad) for name, grad in per_unit.items()}, norms
+    norms = torch.stack([grad.flatten(1).double().pow(2).sum(1) for grad in per_unit.values()]).sum(0).sqrt()
+    factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # float64: a float32 norm of 11M values is off by 1e-4
+    sums = {name: torch.einsum("u,u...->...", factors.to(grad.dtype), grad) for name, grad in per_unit.items()}
+    return sums, norms.float()

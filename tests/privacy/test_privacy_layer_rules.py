@@ -67,9 +67,9 @@ def _attention(table_side: int) -> nn.Module:
 def _case(name: str):
     """(layer, inputs [R, ...], expected rule type)."""
     g = torch.Generator().manual_seed(0)
-    if name == "linear-ghost":  # L = 2 rows x 1 token: 2 L^2 = 8 < 6 * 7
-        return nn.Linear(6, 7), (torch.randn(BATCH * ROWS, 1, 6, generator=g),), LinearRule
-    if name == "linear-per-unit":  # L = 2 x 10 tokens: 800 > 12
+    if name == "linear-ghost":  # L = 2 rows x 1 token (x 2 examples in a patient): L (d + p) = 68 < d p = 72
+        return nn.Linear(8, 9), (torch.randn(BATCH * ROWS, 1, 8, generator=g),), LinearRule
+    if name == "linear-per-unit":  # L = 2 x 10 tokens: L (d + p) = 140 > d p = 12
         return nn.Linear(3, 4), (torch.randn(BATCH * ROWS, 10, 3, generator=g),), LinearRule
     if name in ("lora", "lora-qkv"):
         return _lora(name), (torch.randn(BATCH * ROWS, 4, 6, generator=g),), LoRARule
@@ -125,16 +125,18 @@ def test_rule_equals_autograd_per_example(name, labels):
     for tensor_name, part in contributions.items():
         ref = expected[tensor_name]
         torch.testing.assert_close(part.per_unit(), ref, atol=1e-5, rtol=1e-4, msg=tensor_name)
-        torch.testing.assert_close(part.norm2, ref.flatten(1).pow(2).sum(1), atol=1e-5, rtol=1e-4, msg=tensor_name)
+        torch.testing.assert_close(part.norm2.float(), ref.flatten(1).pow(2).sum(1), atol=1e-5, rtol=1e-4,
+                                   msg=tensor_name)
         torch.testing.assert_close(part.weighted(factors), torch.einsum("u,u...->...", factors, ref), atol=1e-5,
                                    rtol=1e-4, msg=tensor_name)
 
 
-def test_the_route_follows_the_cost_rule():
+@pytest.mark.parametrize("labels", [[0, 1, 2], [5, 5, 8]], ids=["images", "patients"])
+def test_the_route_follows_the_cost_rule(labels):
     for name, route in (("linear-ghost", Ghost), ("linear-per-unit", PerUnit)):
         layer, inputs, _ = _case(name)
         grad = torch.ones(layer(*inputs).shape)
-        contributions = LinearRule(layer, ["weight", "bias"])(inputs, grad, Units.singletons(BATCH))
+        contributions = LinearRule(layer, ["weight", "bias"])(inputs, grad, Units.of_labels(labels))
         assert type(contributions["weight"]) is route and type(contributions["bias"]) is PerUnit
 
 
