@@ -196,7 +196,7 @@ class RelPosRule(Rule):
 
     def __call__(self, inputs, grad, units):
         x, g = inputs[0], grad
-        rows_, height, width, channels = x.shape
+        rows_, height, width, _ = x.shape
         attention = self.module
         if attention.rel_pos_h.shape[0] != 2 * height - 1 or attention.rel_pos_w.shape[0] != 2 * width - 1:
             return ExactLayer(attention, self.names)(inputs, grad, units)
@@ -218,14 +218,18 @@ class RelPosRule(Rule):
         logits = _sam.image_encoder.add_decomposed_rel_pos(
             (q * attention.scale) @ k.transpose(-2, -1), q, self.tensor("rel_pos_h").float(),
             self.tensor("rel_pos_w").float(), (height, width), (height, width))
-        probs = logits.softmax(dim=-1)
+        probs = logits.softmax(dim=-1).view(-1, height, width, height, width)
         d_out = (g.float() @ attention.proj.weight.float()).reshape(rows_, height, width, heads, -1)
         d_out = d_out.permute(0, 3, 1, 2, 4).reshape(rows_ * heads, tokens, -1)
-        d_probs = d_out @ v.transpose(-2, -1)
-        d_logits = (probs * (d_probs - (probs * d_probs).sum(-1, keepdim=True))).view(-1, height, width, height, width)
+        weighted = (d_out @ v.transpose(-2, -1)).view_as(probs).mul_(probs)  # P * dP
+        # d_logits = P * dP - P * rowsum(P * dP); only its sums over kw (rel_h) and over kh (rel_w) are needed
+        rows_h, rows_w = weighted.sum(4), weighted.sum(3)
+        total = rows_h.sum(-1, keepdim=True)
+        d_rel_h = rows_h - total * probs.sum(4)
+        d_rel_w = rows_w - total * probs.sum(3)
         r_q = q.reshape(-1, height, width, q.shape[-1])
-        d_rh = torch.einsum("bhwc,bhwk->bhkc", r_q, d_logits.sum(4))  # [R*heads, H, H, hd]
-        d_rw = torch.einsum("bhwc,bhwk->bwkc", r_q, d_logits.sum(3))  # [R*heads, W, W, hd]
+        d_rh = torch.einsum("bhwc,bhwk->bhkc", r_q, d_rel_h)  # [R*heads, H, H, hd]
+        d_rw = torch.einsum("bhwc,bhwk->bwkc", r_q, d_rel_w)  # [R*heads, W, W, hd]
         return {"rel_pos_h": _gather_rows(d_rh, height), "rel_pos_w": _gather_rows(d_rw, width)}
 
 

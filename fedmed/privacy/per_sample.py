@@ -12,9 +12,8 @@ of one, so SAM's windowed attention (blocks 0 and 2 of the tiny preset fold [B, 
 Opacus's hooks (`GradSampleModule`) see a windowed block's linear layers with batch B * windows
 and fail, and never see tensors used outside a forward (mask tokens, positional embeddings).
 
-Measured before the fast route existed (`python benchmarks/dp.py --routes`: tiny preset, batch 8,
-2 shared CPU cores, seconds for the per-sample gradients of the batch; "plain" is one ordinary
-forward+backward of the batch): whole-batch vmap costs about one plain backward (0.9-1.3x), a
+Measured before the fast route existed (the earlier `benchmarks/dp.py --routes`: tiny preset,
+batch 8, 2 shared CPU cores): whole-batch vmap costs about one plain forward+backward (0.9-1.3x), a
 Python loop over examples 1.6-2x that, vmap in chunks of one 3-4x; `chunk_size` only bounds memory.
 
 Two things SamSegmenter's own forward does not allow under vmap, handled here with the model's own
