@@ -3,21 +3,23 @@
 The plain step is fedmed's `training_step` (forward, Dice+BCE, backward, AdamW). The DP step is
 `fedmed.privacy.DPSGD.step` on the same batch: per-unit clipped sums by the fast route (ghost norms
 and book-keeping), Gaussian noise from the CSPRNG (as deployed), the same AdamW step; "dp-patient"
-is the same with the batch's images in patients of two (unit "patient"). Every configuration
-(method x kind) runs in a fresh subprocess, so its peak memory is its own: the RSS high-water mark
-on the CPU (model, batch and steps included), `torch.cuda.max_memory_allocated` on a GPU. With
-`--repeats` the kinds alternate and medians are taken, so machine load hits all alike.
+is the same with the batch's images in patients of two (unit "patient"). Time: one process per
+method takes the kinds' steps in turn on one model (plain, dp, dp-patient, plain, ...), so machine
+load hits all alike; medians. Peak memory: every configuration (method x kind) runs once more in a
+fresh subprocess (one warm-up step, one step), so its peak is its own: the RSS high-water mark on
+the CPU (model, batch and steps included), `torch.cuda.max_memory_allocated` on a GPU.
 
     python benchmarks/dp.py [--methods fedsam,fedmsa,flap-sam,samed] [--arch tiny|vit_b] [--image-size N]
-                            [--batch 8] [--steps 5] [--warmup 1] [--threads N] [--repeats 1]
-                            [--patient] [--error] [--noise N]
+                            [--batch 8] [--steps 5] [--warmup 1] [--threads N] [--patient] [--error]
+                            [--noise N]
 
 Prints one JSON object: per method `plain_step_s`, `dp_step_s`, `dp_over_plain` (time, wall and
 CPU), `plain_peak_mb`, `dp_peak_mb`, `dp_over_plain_memory`; with --patient `dp_patient_step_s`
 and `patient_over_image`; with --error `clipped_sum_rel_error` (||fast - exact|| / ||exact|| with
 the clip norm at the median example norm, the exact route being whole-model vmap); with --noise N
 the seconds to draw N values from the CSPRNG, from `torch.randn`, and as Opacus's secure mode does
-(4 torch draws), and the ratios. `load_avg` is the 1-minute load average around each configuration.
+(4 torch draws), and the ratios. `time_load_avg` is the 1-minute load average before and after the
+timing process.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from fedmed.privacy import DPSGD, GaussianNoise, RoundPlan, Units, exact_clipped
 from fedmed.privacy.fast_clip import FastClipper  # noqa: E402
 from fedmed.train import SegmentationLoss, TrainConfig, boxes_from_masks, make_optimizer, training_step  # noqa: E402
 
-KINDS = ("plain", "dp", "dp-patient", "error")
+KINDS = ("plain", "dp", "dp-patient")
 
 
 def _batch(size: int, batch: int) -> dict:
@@ -81,8 +83,24 @@ def _clipped_sum_error(model, data: dict) -> dict:
             "examples_clipped": int((norms > clip).sum())}
 
 
+def _step_fn(kind: str, model, data: dict, batch: int, device: torch.device):
+    """A function taking one step of `kind` on `model` (plain AdamW, or DP-SGD at unit image / patient)."""
+    config = TrainConfig(batch_size=batch, device=device.type, box_jitter=0.1)
+    if kind == "plain":
+        optimizer, loss_fn = make_optimizer(model, config), SegmentationLoss(model.num_classes)
+        generator = torch.Generator().manual_seed(0)
+        return lambda: training_step(model, data, optimizer, loss_fn, box_jitter=0.1, generator=generator,
+                                     mixed_precision=config.mixed_precision)
+    patient = kind == "dp-patient"
+    units = [i // 2 for i in range(batch)] if patient else None
+    plan = RoundPlan(mode="sample", unit="patient" if patient else "image", noise_multiplier=1.0, sample_rate=0.125,
+                     steps=1, delta=1e-5, max_grad_norm=1.0, expected_batch_size=len(set(units or range(batch))))
+    trainer = DPSGD(model, plan, config)  # seed=None: CSPRNG noise and jitter key, as deployed
+    return lambda: trainer.step(data, units)
+
+
 def worker(args) -> dict:
-    """One configuration in this (fresh) process: its median step time and peak memory."""
+    """One job in this (fresh) process: `time` (the kinds in turn), a kind's peak memory, or `error`."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,68 +111,56 @@ def worker(args) -> dict:
     data = _batch(args.image_size or arch_spec(args.arch).image_size, args.batch)
     if args.worker == "error":
         return _clipped_sum_error(model, data)
-    config = TrainConfig(batch_size=args.batch, device=device.type, box_jitter=0.1)
-    if args.worker == "plain":
-        optimizer, loss_fn = make_optimizer(model, config), SegmentationLoss(model.num_classes)
-        generator = torch.Generator().manual_seed(0)
-
-        def step():
-            training_step(model, data, optimizer, loss_fn, box_jitter=0.1, generator=generator,
-                          mixed_precision=config.mixed_precision)
-    else:
-        patient = args.worker == "dp-patient"
-        units = [i // 2 for i in range(args.batch)] if patient else None
-        expected = len(set(units)) if patient else args.batch
-        plan = RoundPlan(mode="sample", unit="patient" if patient else "image", noise_multiplier=1.0,
-                         sample_rate=0.125, steps=1, delta=1e-5, max_grad_norm=1.0, expected_batch_size=expected)
-        trainer = DPSGD(model, plan, config)  # seed=None: CSPRNG noise and jitter key, as deployed
-
-        def step():
-            trainer.step(data, units)
+    if args.worker != "time":  # peak memory of this kind alone
+        step = _step_fn(args.worker, model, data, args.batch, device)
+        step()
+        step()
+        _sync(device)
+        return {"peak_mb": _peak_mb(device)}
+    kinds = ["plain", "dp"] + (["dp-patient"] if args.patient else [])
+    steps = {kind: _step_fn(kind, model, data, args.batch, device) for kind in kinds}
     for _ in range(args.warmup):
-        step()
-    walls, cpus = [], []
+        for step in steps.values():
+            step()
+    walls: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cpus: dict[str, list[float]] = {kind: [] for kind in kinds}
     for _ in range(args.steps):
-        _sync(device)
-        wall, cpu = time.perf_counter(), time.process_time()
-        step()
-        _sync(device)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return {"step_s": statistics.median(walls), "step_cpu_s": statistics.median(cpus), "peak_mb": _peak_mb(device),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        for kind, step in steps.items():
+            _sync(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            step()
+            _sync(device)
+            walls[kind].append(time.perf_counter() - wall)
+            cpus[kind].append(time.process_time() - cpu)
+    return {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            **{f"{kind}_step_s": statistics.median(walls[kind]) for kind in kinds},
+            **{f"{kind}_step_cpu_s": statistics.median(cpus[kind]) for kind in kinds}}
 
 
-def _run(kind: str, method: str, args) -> dict:
-    command = [sys.executable, __file__, "--worker", kind, "--method", method, "--arch", args.arch,
+def _run(job: str, method: str, args) -> dict:
+    command = [sys.executable, __file__, "--worker", job, "--method", method, "--arch", args.arch,
                "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if args.image_size:
         command += ["--image-size", str(args.image_size)]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.patient:
+        command += ["--patient"]
     before = os.getloadavg()[0]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "load_avg": [round(before, 2),
-                                                                             round(os.getloadavg()[0], 2)]}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**result, "load_avg": [round(before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def bench_method(method: str, args) -> dict:
     kinds = ["plain", "dp"] + (["dp-patient"] if args.patient else [])
-    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
-    for _ in range(args.repeats):
-        for kind in kinds:
-            runs[kind].append(_run(kind, method, args))
-
-    def median(kind: str, key: str) -> float:
-        return statistics.median(run[key] for run in runs[kind])
-
-    out = {"trainable_params": runs["plain"][0]["trainable_params"]}
+    timing = _run("time", method, args)
+    out = {"trainable_params": timing["trainable_params"], "time_load_avg": timing["load_avg"]}
     for kind in kinds:
         label = kind.replace("-", "_")
-        out[f"{label}_step_s"] = round(median(kind, "step_s"), 4)
-        out[f"{label}_step_cpu_s"] = round(median(kind, "step_cpu_s"), 4)
-        out[f"{label}_peak_mb"] = round(median(kind, "peak_mb"), 1)
-        out[f"{label}_load_avg"] = [run["load_avg"] for run in runs[kind]]
+        out[f"{label}_step_s"] = round(timing[f"{kind}_step_s"], 4)
+        out[f"{label}_step_cpu_s"] = round(timing[f"{kind}_step_cpu_s"], 4)
+        out[f"{label}_peak_mb"] = round(_run(kind, method, args)["peak_mb"], 1)
     out["dp_over_plain"] = round(out["dp_step_s"] / out["plain_step_s"], 3)
     out["dp_over_plain_cpu"] = round(out["dp_step_cpu_s"] / out["plain_step_cpu_s"], 3)
     out["dp_over_plain_memory"] = round(out["dp_peak_mb"] / out["plain_peak_mb"], 3)
@@ -190,14 +196,13 @@ def main(argv=None) -> None:
     parser.add_argument("--arch", default="tiny", choices=["tiny", "vit_b"])
     parser.add_argument("--image-size", type=int, default=None, help="px (default: the preset's)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (median)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps of each kind (medians)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per configuration (medians)")
     parser.add_argument("--patient", action="store_true", help="also the patient-level DP step")
     parser.add_argument("--error", action="store_true", help="also the fast route's clipped-sum error")
     parser.add_argument("--noise", type=int, default=0, help="also time drawing this many noise values")
-    parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=(*KINDS, "time", "error"), help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -211,7 +216,7 @@ def main(argv=None) -> None:
     if args.noise:
         if args.threads:
             torch.set_num_threads(args.threads)
-        out["noise"] = bench_noise(args.noise, max(3, args.repeats))
+        out["noise"] = bench_noise(args.noise, 3)
     print(json.dumps(out))
 
 
