@@ -69,24 +69,23 @@ class GaussianNoise:
         return self._stream is not None
 
     def _words(self, count: int) -> np.ndarray:
-        """`count` 53-bit keystream integers as float64 (exact: below 2^53)."""
+        """`count` 53-bit keystream integers (int64)."""
         nbytes = 8 * count
         if nbytes <= len(self._zeros):
             self._stream.update_into(memoryview(self._zeros)[:nbytes], self._raw)
             words = np.frombuffer(self._raw, dtype=np.int64, count=count)
         else:
             words = np.frombuffer(self._stream.update(bytes(nbytes)), dtype=np.int64)
-        return (words & _BITS53).astype(np.float64)
+        return words & _BITS53
 
     def _polar(self) -> np.ndarray:
         """About 1.57 * 16k float64 N(0, 1) samples from one chunk of candidate pairs (polar method)."""
-        v = self._words(2 * _PAIRS)
-        v *= 2.0**-52
+        v = np.multiply(self._words(2 * _PAIRS), 2.0**-52)  # exact: k < 2^53
         v -= 1.0
         s = v[0::2] ** 2
         s += v[1::2] ** 2
-        far = np.flatnonzero(s < _FAR_TAIL)
-        if far.size:  # v += (e - 1/2) / 2^52 with e in [0, 1) of 53 more bits: uniform below the grid
+        far = np.flatnonzero(s < _FAR_TAIL) if s.min() < _FAR_TAIL else ()
+        if len(far):  # v += (e - 1/2) / 2^52 with e in [0, 1) of 53 more bits: uniform below the grid
             pairs = v.reshape(-1, 2)
             pairs[far] += (self._words(2 * far.size).reshape(-1, 2) * 2.0**-53 - 0.5) * 2.0**-52
             s[far] = (pairs[far] ** 2).sum(axis=1)
