@@ -10,6 +10,11 @@ number of units q*N and steps the wrapped optimizer (fedmed's AdamW). An empty P
 takes a noisy step, as the accounting assumes. The only change to Opacus's optimizer is where the
 noise comes from (`GaussianNoise`: a CSPRNG unless seeded), drawn for all tensors at once.
 
+A data-independent term of the loss (FedProx's mu/2 ||w - w_global||^2, any proximal term) enters
+through `proximal`: its gradient is added to the noisy average after Opacus's noise and scaling
+(the optimizer's `step_hook`), unclipped and un-noised, since it depends on no example and so costs
+no privacy.
+
 Box jitter is part of the mechanism: each example's is drawn from a key the trainer draws from
 os.urandom (never the federation's seed, which the server knows), with a nonce from the step and
 the example's id (`jitter_uniforms`), so an example's box depends on nothing but the example.
@@ -36,6 +41,9 @@ from fedmed.privacy.noise import GaussianNoise
 from fedmed.privacy.units import GroupingError, Units, unit_members
 from fedmed.train.loop import TrainConfig, TrainResult, make_optimizer, resolve_device
 from fedmed.train.prompts import boxes_from_masks, jitter_uniforms
+
+Proximal = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+"""The gradient of a data-independent loss term, by tensor name, at the current trainable tensors."""
 
 
 class FedmedDPOptimizer(DPOptimizerFastGradientClipping):
@@ -86,11 +94,12 @@ class DPSGD:
     """DP-SGD steps on `model`'s trainable tensors for one round's plan.
 
     `seed=None`: Poisson sampling seeded from os.urandom, jitter key from os.urandom and noise from
-    the CSPRNG (deployment).
+    the CSPRNG (deployment). `proximal`: see the module docstring.
     """
 
     def __init__(self, model: SamSegmenter, plan: RoundPlan, train_config: TrainConfig, *,
-                 max_physical_batch: int | None = None, seed: int | None = None) -> None:
+                 max_physical_batch: int | None = None, seed: int | None = None,
+                 proximal: Proximal | None = None) -> None:
         if plan.mode != "sample":
             raise ValueError(f"DP-SGD runs sample-level plans, got mode {plan.mode!r}")
         self.model, self.plan, self.config = model, plan, train_config
@@ -103,10 +112,17 @@ class DPSGD:
             max_grad_norm=plan.max_grad_norm, expected_batch_size=max(1, round(plan.expected_batch_size)),
             noise=GaussianNoise(noise_generator),
         )
+        if proximal is not None:
+            self.optimizer.step_hook = lambda optimizer: self._add_proximal(proximal)
         sampling_seed = seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         self.sampling_generator = torch.Generator().manual_seed(sampling_seed)
         self.jitter_key = os.urandom(32) if seed is None else hashlib.sha256(f"fedmed jitter {seed}".encode()).digest()
         self.steps_taken = 0
+
+    def _add_proximal(self, proximal: Proximal) -> None:
+        grads = proximal({name: param.detach() for name, param in self.params.items()})
+        for name, param in self.params.items():
+            param.grad += grads[name].to(param.grad.dtype)
 
     def batches(self, num_units: int) -> Iterator[list[int]]:
         """The round's Poisson samples of unit indices 0..num_units-1 (`plan.steps` of them; some may be empty)."""
@@ -179,7 +195,7 @@ def collate(dataset: Dataset, indices: list[int], empty_like: dict) -> dict:
 def train_dp_sgd(
     model: SamSegmenter, dataset: Dataset, train_config: TrainConfig, plan: RoundPlan, *,
     groups: Sequence[str] | None = None, max_physical_batch: int | None = None, seed: int | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    proximal: Proximal | None = None, on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Run the round's `plan.steps` DP-SGD steps on `dataset`. The caller does the accounting.
 
@@ -190,7 +206,7 @@ def train_dp_sgd(
     members = unit_members(groups if plan.unit == "patient" else None, len(dataset))
     device = resolve_device(train_config.device)
     model.to(device).train()
-    trainer = DPSGD(model, plan, train_config, max_physical_batch=max_physical_batch, seed=seed)
+    trainer = DPSGD(model, plan, train_config, max_physical_batch=max_physical_batch, seed=seed, proximal=proximal)
     first = dataset[0]
     empty_like = {k: first[k] for k in ("image", "mask")}
     total, samples, steps = 0.0, 0, 0

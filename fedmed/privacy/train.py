@@ -27,7 +27,7 @@ from fedmed.models.factory import load_trainable_state, trainable_state
 from fedmed.models.segmenter import SamSegmenter
 from fedmed.privacy.client_dp import privatize_update
 from fedmed.privacy.config import DPConfig, RoundPlan, plan_round
-from fedmed.privacy.dp_sgd import train_dp_sgd
+from fedmed.privacy.dp_sgd import Proximal, train_dp_sgd
 from fedmed.privacy.ledger import LEDGER_FILE, LedgerMismatchError, PrivacyLedger, PrivacyReport
 from fedmed.privacy.units import GroupingError, unit_members
 from fedmed.train.loop import TrainConfig, TrainResult, train_local
@@ -104,17 +104,22 @@ def dp_train_local(
     *,
     round: int | None = None,
     groups: Sequence[str] | None = None,
+    proximal: Proximal | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[TrainResult, PrivacyReport | None]:
     """Train one round under `dp_config`; returns the training result and what the round spent.
 
     mode "none": plain `train_local`, no report. "sample": DP-SGD at `dp_config.unit` (unit
     "patient": `groups` gives one patient id per example, in dataset order; a missing or
-    mismatched grouping raises `GroupingError` before the budget is touched). "client": plain training, then
+    mismatched grouping raises `GroupingError` before the budget is touched; `proximal`: the gradient
+    of a data-independent loss term such as FedProx's, added after the noise, `dp_sgd.Proximal`;
+    the other modes train with `train_local`, which takes its own). "client": plain training, then
     the update is clipped and noised. The budget is checked before training
     (`BudgetExceededError`, model untouched) and the round is recorded in the ledger before
     returning, so before anything can leave the site.
     """
+    if proximal is not None and dp_config.mode != "sample":
+        raise ValueError(f"proximal is DP-SGD's (mode 'sample'); mode {dp_config.mode!r} trains with train_local")
     if dp_config.mode == "none":
         return train_local(model, dataset, train_config, on_step=on_step), None
     if ledger is None:
@@ -122,7 +127,7 @@ def dp_train_local(
     plan = round_plan(dp_config, ledger, num_samples=len(dataset), train_config=train_config, groups=groups)
     ledger.check_round(**plan.entry)
     if plan.mode == "sample":
-        result = train_dp_sgd(model, dataset, train_config, plan, groups=groups,
+        result = train_dp_sgd(model, dataset, train_config, plan, groups=groups, proximal=proximal,
                               max_physical_batch=dp_config.max_physical_batch, seed=dp_config.seed, on_step=on_step)
     else:
         result = _train_client_level(model, dataset, train_config, plan, dp_config.seed, on_step)

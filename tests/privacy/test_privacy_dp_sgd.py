@@ -9,7 +9,18 @@ import torch
 from pydantic import ValidationError
 
 from fedmed.models import trainable_state
-from fedmed.privacy import DPSGD, DPConfig, FedmedDPOptimizer, GaussianNoise, RoundPlan, Units, exact_clipped_sum, plan_round
+from fedmed.privacy import (
+    DPSGD,
+    DPConfig,
+    FedmedDPOptimizer,
+    GaussianNoise,
+    RoundPlan,
+    Units,
+    dp_train_local,
+    exact_clipped_sum,
+    plan_round,
+    site_ledger,
+)
 from fedmed.train import TrainConfig
 
 from privacy_helpers import TinyDataset, make_batch, perturbed_model
@@ -42,6 +53,32 @@ def test_a_step_applies_the_clipped_sum_over_the_expected_batch():
     after = trainable_state(model)
     for name in model.trainable_names:
         torch.testing.assert_close((before[name] - after[name]) / 1e3, expected[name] / 4, atol=1e-8, rtol=1e-4)
+
+
+def test_a_proximal_term_is_added_after_the_noise_unclipped():
+    """FedProx: the step adds mu * (w - w_global) to the noisy average, at full size (C is tiny here)."""
+    model = perturbed_model("flap-sam", num_classes=2)
+    batch = _ids(make_batch(2, num_classes=2))
+    start = trainable_state(model)
+    reference = {name: torch.zeros_like(t) for name, t in start.items()}  # w_global = 0: the term is mu * w
+    mu = 0.5
+    trainer = DPSGD(model, _plan(1e-12, clip=1e-9, expected=2.0), TRAIN, seed=0,
+                    proximal=lambda w: {name: mu * (w[name] - reference[name]) for name in w})
+    params = [dict(model.named_parameters())[n] for n in model.trainable_names]
+    trainer.optimizer.original_optimizer = torch.optim.SGD(params, lr=1.0)
+    trainer.step(batch)
+    after = trainable_state(model)
+    for name in model.trainable_names:  # w - lr * (clipped sum (norm <= 1e-9) / 2 + mu * w)
+        torch.testing.assert_close(after[name], start[name] * (1 - mu), atol=1e-8, rtol=1e-6)
+
+
+def test_a_proximal_term_outside_dp_sgd_is_refused(tmp_path):
+    config = DPConfig(mode="client", noise_multiplier=1.0, delta=1e-3)
+    ledger = site_ledger(tmp_path, config, num_samples=4)
+    with pytest.raises(ValueError, match="proximal is DP-SGD's"):
+        dp_train_local(perturbed_model("flap-sam", num_classes=2), TinyDataset(4), TRAIN, config, ledger,
+                       proximal=lambda w: w)
+    assert ledger.epsilon_spent == 0.0
 
 
 def test_noise_has_std_sigma_times_clip_over_expected_batch():
