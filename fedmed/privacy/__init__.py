@@ -16,7 +16,7 @@ docs/privacy.md says which guarantee each mode gives.
 from fedmed.privacy.accounting import ACCOUNTANTS, UnknownAccountantError, epsilon_of, merge_history, noise_for_target
 from fedmed.privacy.client_dp import clip_update, privatize_update, update_norm
 from fedmed.privacy.config import DPConfig, RoundPlan, plan_round, sampling
-from fedmed.privacy.dp_sgd import DPSGD, FedmedDPOptimizer, train_dp_sgd
+from fedmed.privacy.dp_sgd import DPSGD, FedmedDPOptimizer, Proximal, train_dp_sgd
 from fedmed.privacy.fast_clip import FastClipper, Route
 from fedmed.privacy.ledger import (
     LEDGER_FILE,
@@ -46,6 +46,7 @@ __all__ = [
     "PerSampleGradients",
     "PrivacyLedger",
     "PrivacyReport",
+    "Proximal",
     "Route",
     "RoundPlan",
     "Units",
