@@ -7,8 +7,9 @@ book-keeping, one forward and one backward pass; a unit with more images than
 `max_physical_batch` is summed over chunks, then clipped); then Opacus's
 `DPOptimizerFastGradientClipping` adds N(0, (sigma C)^2) noise to the sum, divides by the expected
 number of units q*N and steps the wrapped optimizer (fedmed's AdamW). An empty Poisson sample still
-takes a noisy step, as the accounting assumes. The only change to Opacus's optimizer is where the
-noise comes from (`GaussianNoise`: a CSPRNG unless seeded), drawn for all tensors at once.
+takes a noisy step, as the accounting assumes. What fedmed changes in Opacus's optimizer: where the
+noise comes from (`GaussianNoise`: a CSPRNG unless seeded, drawn for all tensors at once), and no
+deep copy of every gradient each step.
 
 A data-independent term of the loss (FedProx's mu/2 ||w - w_global||^2, any proximal term) enters
 through `proximal`: its gradient is added to the noisy average after Opacus's noise and scaling
@@ -104,7 +105,8 @@ class DPSGD:
             raise ValueError(f"DP-SGD runs sample-level plans, got mode {plan.mode!r}")
         self.model, self.plan, self.config = model, plan, train_config
         self.max_physical_batch = max_physical_batch
-        self.params = {name: dict(model.named_parameters())[name] for name in model.trainable_names}
+        params = dict(model.named_parameters())
+        self.params = {name: params[name] for name in model.trainable_names}
         self.clipper = FastClipper(model, mixed_precision=train_config.mixed_precision)
         noise_generator = None if seed is None else torch.Generator().manual_seed(seed + 7919)
         self.optimizer = FedmedDPOptimizer(
@@ -140,7 +142,8 @@ class DPSGD:
             uniforms = jitter_uniforms(self.jitter_key, [f"{self.steps_taken}/{i}" for i in ids], classes)
         return boxes_from_masks(masks, self.model.num_classes, jitter=self.config.box_jitter, uniforms=uniforms)
 
-    def clipped_sum(self, batch: dict, units: Sequence[int] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def clipped_sum(self, batch: dict, units: Sequence[int] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """(sum over units of each unit's clipped gradient, by name; per-example losses [B]) for this step.
 
         batch: {"image": [B,3,S,S], "mask": [B,S,S], "id": B strings}; units: a unit label per

@@ -79,7 +79,7 @@ class PerUnit(Contribution):
 
 @dataclass
 class Ghost(Contribution):
-    """A linear layer's per-unit gradients kept as its input rows `a` [B, L, d] and output-gradient rows `g` [B, L, p]."""
+    """A linear layer's per-unit gradients kept as input rows `a` [B, L, d] and output-gradient rows `g` [B, L, p]."""
 
     a: torch.Tensor
     g: torch.Tensor

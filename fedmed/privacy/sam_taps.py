@@ -8,11 +8,11 @@ per-example gradient is the gradient of that input, summed over what the broadca
 
 | tensor | enters as | per-row gradient |
 | --- | --- | --- |
-| `image_encoder.pos_embed` [1, H, W, C] | added to the input of encoder block 0 [B, H, W, C] | that input's gradient |
-| `mask_decoder.iou_token.weight` [1, C] | token 0 of the decoder transformer's queries [N, Q, C] | queries' gradient, token 0 |
+| `image_encoder.pos_embed` [1, H, W, C] | + input of encoder block 0 [B, H, W, C] | that input's gradient |
+| `mask_decoder.iou_token.weight` [1, C] | token 0 of the transformer's queries [N, Q, C] | token 0 of theirs |
 | `mask_decoder.mask_tokens.weight` [M, C] | tokens 1..M of the queries | tokens 1..M |
-| `prompt_encoder.point_embeddings.{2,3}.weight` | added to the two box-corner tokens M+1, M+2 (box prompts) | those tokens |
-| `prompt_encoder.no_mask_embed.weight` [1, C] | added to every pixel of the transformer's image input [N, C, h, w] | summed over pixels |
+| `prompt_encoder.point_embeddings.{2,3}.weight` | + box-corner tokens M+1, M+2 (box prompts) | those tokens |
+| `prompt_encoder.no_mask_embed.weight` [1, C] | + every pixel of the image input [N, C, h, w] | summed over pixels |
 
 This follows `SamSegmenter._decode` (queries = [iou token, mask tokens, box corners]). If that
 changes, the fast route's first step sees a use count that does not match the autograd graph and

@@ -112,7 +112,8 @@ def test_an_empty_poisson_batch_still_takes_a_noisy_step():
     model = perturbed_model("flap-sam", num_classes=2)
     before = trainable_state(model)
     batch = make_batch(2, num_classes=2)
-    loss = DPSGD(model, _plan(1.0), TRAIN, seed=0).step({"image": batch["image"][:0], "mask": batch["mask"][:0], "id": []})
+    empty = {"image": batch["image"][:0], "mask": batch["mask"][:0], "id": []}
+    loss = DPSGD(model, _plan(1.0), TRAIN, seed=0).step(empty)
     assert math.isnan(loss)
     after = trainable_state(model)
     assert all(not torch.equal(before[n], after[n]) for n in model.trainable_names)

@@ -76,7 +76,8 @@ def _case(name: str):
     if name == "conv":
         return nn.Conv2d(2, 3, 3, padding=1), (torch.randn(BATCH * ROWS, 2, 5, 5, generator=g),), ConvRule
     if name == "conv-transpose":
-        return nn.ConvTranspose2d(3, 2, 2, stride=2), (torch.randn(BATCH * ROWS, 3, 3, 3, generator=g),), ConvTransposeRule
+        layer = nn.ConvTranspose2d(3, 2, 2, stride=2)
+        return layer, (torch.randn(BATCH * ROWS, 3, 3, 3, generator=g),), ConvTransposeRule
     if name == "embedding":
         return nn.Embedding(5, 3), (torch.randint(0, 5, (BATCH * ROWS, 4), generator=g),), EmbeddingRule
     if name == "layer-norm":

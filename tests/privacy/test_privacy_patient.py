@@ -86,7 +86,8 @@ def test_removing_one_patient_moves_the_clipped_sum_by_at_most_C_with_jitter_on(
 
 def test_rounds_sample_whole_patients(monkeypatch):
     seen = []
-    monkeypatch.setattr(dp_sgd_module.DPSGD, "step", lambda self, batch, units: seen.append((batch["id"], units)) or 0.0)
+    record = lambda self, batch, units: seen.append((batch["id"], units)) or 0.0  # noqa: E731
+    monkeypatch.setattr(dp_sgd_module.DPSGD, "step", record)
     groups = ["a", "b", "a", "c", "b", "a"]
     plan = plan_round(DPConfig(mode="sample", noise_multiplier=1.0, unit="patient"), num_samples=6, num_units=3,
                       batch_size=1, epochs=4)
