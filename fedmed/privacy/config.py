@@ -6,8 +6,10 @@
 
 Sample mode (DP-SGD) follows Opacus's conventions: a round of `epochs` epochs takes
 `epochs * ceil(N / batch_size)` steps, each a Poisson sample with rate `1 / ceil(N / batch_size)`
-(the rate `DPDataLoader.from_data_loader` gives a loader of that batch size). Client mode is one
-Gaussian mechanism per round on the whole clipped update (sample rate 1, one step).
+(the rate `DPDataLoader.from_data_loader` gives a loader of that batch size). N counts privacy
+units: training images at `unit="image"`, patients at `unit="patient"` (then `batch_size` is the
+expected number of patients a step, each with all its images, and delta defaults to 1/patients).
+Client mode is one Gaussian mechanism per round on the whole clipped update (sample rate 1, one step).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fedmed.privacy.accounting import noise_for_target
 
 DPMode = Literal["none", "sample", "client"]
+PrivacyUnit = Literal["image", "patient"]
 
 
 class DPConfig(BaseModel):
@@ -31,8 +34,14 @@ class DPConfig(BaseModel):
     - `max_grad_norm`: per-sample clip norm (sample mode) or whole-update clip norm (client mode).
     - `max_physical_batch`: per-sample gradients are computed this many samples at a time
       (memory); the DP step is the same.
-    - `seed`: None in deployment (noise from a CSPRNG, Poisson sampling seeded from os.urandom);
-      an int makes noise and sampling reproducible, for tests, benchmarks and sweeps only.
+    - `unit` (sample mode): what one clipped gradient is and what the guarantee protects: one
+      training image, or one patient (all its images' gradients summed, then clipped; the caller
+      passes one patient id per example). The site's policy chooses it: "patient" for NIfTI and
+      DICOM, "image" for 2D folders without patient ids. Client mode protects the site's whole
+      dataset, so every patient, whatever the unit.
+    - `seed`: None in deployment (noise from a CSPRNG, Poisson sampling seeded from os.urandom, box
+      jitter keyed from os.urandom); an int makes them reproducible, for tests, benchmarks and
+      sweeps only.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,6 +54,7 @@ class DPConfig(BaseModel):
     planned_rounds: int = Field(default=1, ge=1)
     accountant: Literal["rdp", "prv"] = "rdp"
     max_physical_batch: int | None = Field(default=None, ge=1)
+    unit: PrivacyUnit = "image"
     seed: int | None = None
 
     @model_validator(mode="after")
@@ -54,6 +64,8 @@ class DPConfig(BaseModel):
             raise ValueError(f"{' and '.join(given)} set but mode is 'none'; set mode to 'sample' or 'client'")
         if self.mode != "none" and len(given) != 1:
             raise ValueError(f"mode {self.mode!r} needs exactly one of noise_multiplier or target_epsilon")
+        if self.mode == "none" and self.unit != "image":
+            raise ValueError(f"unit {self.unit!r} set but mode is 'none'; set mode to 'sample'")
         return self
 
 
@@ -63,6 +75,7 @@ class RoundPlan(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Literal["sample", "client"]
+    unit: PrivacyUnit = "image"
     noise_multiplier: float = Field(gt=0)
     sample_rate: float = Field(gt=0, le=1)
     steps: int = Field(ge=1)
@@ -85,14 +98,21 @@ def sampling(num_samples: int, batch_size: int, epochs: int) -> tuple[float, int
 
 
 def plan_round(
-    config: DPConfig, *, num_samples: int, batch_size: int, epochs: int, delta: float | None = None
+    config: DPConfig, *, num_samples: int, batch_size: int, epochs: int, delta: float | None = None,
+    num_units: int | None = None,
 ) -> RoundPlan:
-    """The round's noise multiplier, sample rate, steps and delta for a site with `num_samples`.
+    """The round's noise multiplier, sample rate, steps and delta for a site with `num_samples` images.
 
-    `delta` (e.g. the site ledger's) is used when the config sets none; failing both, 1/N.
+    At unit "patient", `num_units` (the number of patients) sets the rate, the steps and the
+    default delta. `delta` (e.g. the site ledger's) is used when the config sets none; failing
+    both, 1/N (N: privacy units).
     """
     if config.mode == "none":
         raise ValueError("mode 'none' has no privacy plan")
+    if config.mode == "sample" and config.unit == "patient":
+        if num_units is None:
+            raise ValueError("unit 'patient' needs num_units, the number of patients")
+        num_samples = num_units
     delta = config.delta if config.delta is not None else (delta if delta is not None else 1.0 / num_samples)
     if config.mode == "sample":
         rate, steps = sampling(num_samples, batch_size, epochs)
@@ -106,6 +126,6 @@ def plan_round(
             steps=steps * config.planned_rounds, accountant=config.accountant,
         )
     return RoundPlan(
-        mode=config.mode, noise_multiplier=sigma, sample_rate=rate, steps=steps, delta=delta,
+        mode=config.mode, unit=config.unit, noise_multiplier=sigma, sample_rate=rate, steps=steps, delta=delta,
         max_grad_norm=config.max_grad_norm, expected_batch_size=expected,
     )

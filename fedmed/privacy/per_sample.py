@@ -1,43 +1,29 @@
-"""Per-sample gradients of the segmentation loss w.r.t. exactly the method's trainable tensors.
+"""The exact per-sample route: per-example gradients of the segmentation loss w.r.t. trainable tensors.
+
+The DP step takes the fast route (`fast_clip.FastClipper`: ghost norms and book-keeping, no B
+copies of the trainable tensors); this module is the exact reference it is tested against and the
+route it falls back to for any tensor no fast rule covers.
 
 How: whole-model `torch.func` — `vmap(grad_and_value(loss of one example))` over the batch, with
-`functional_call` substituting the trainable tensors (the only ones differentiated; frozen
+`functional_call` substituting the chosen tensors (the only ones differentiated; frozen
 parameters and buffers stay the module's own, non-differentiated). Each vmapped call sees a batch
 of one, so SAM's windowed attention (blocks 0 and 2 of the tiny preset fold [B, 16, 16, C] into
 [B * 4, 8, 8, C] windows) partitions and un-partitions one image and is right by construction.
+Opacus's hooks (`GradSampleModule`) see a windowed block's linear layers with batch B * windows
+and fail, and never see tensors used outside a forward (mask tokens, positional embeddings).
 
-Why not the alternatives:
-- Opacus's hooks (`GradSampleModule`) see a windowed block's linear layers with batch B * windows
-  and fail (`stack expects each tensor to be equal size`); they also never see tensors used as
-  `.weight` outside a forward (`mask_tokens`, `iou_token`, prompt embeddings), nor `pos_embed` or
-  the relative-position tables, all of which `fedsam` trains and `flap-sam` (mask tokens) too.
-  Custom grad samplers for the LoRA and adapter layers that fold windows back would cover only
-  some methods and need one per module type; ghost clipping rests on the same hooks and saves
-  nothing when the trainable tensors are small (adapters, LoRA).
-- A per-layer functorch route breaks the same way as the hooks; a Python loop over examples is
-  correct but runs B small forwards.
-
-Measured (`python benchmarks/dp.py --routes`: tiny preset, batch 8, 2 shared CPU cores, medians of
-7 interleaved runs, seconds for the per-sample gradients of the batch; "plain" is one ordinary
-forward+backward of the batch for reference):
-
-    method     plain   vmap   vmap, chunks of 1   loop over examples
-    fedsam     4.77    5.29   16.4                8.21
-    fedmsa     0.311   0.275   1.00               0.533
-    flap-sam   0.230   0.293   0.946              0.494
-    samed      0.222   0.255   0.813              0.453
-
-Whole-batch vmap costs about one plain backward (0.9-1.3x) and is 1.6-2x faster than the loop and
-3-4x faster than vmap in chunks of one, so it is the route; `chunk_size` is there only to bound
-memory for big models and batches (per-sample gradients take B x trainable tensors).
+Measured before the fast route existed (the earlier `benchmarks/dp.py --routes`: tiny preset,
+batch 8, 2 shared CPU cores): whole-batch vmap costs about one plain forward+backward (0.9-1.3x), a
+Python loop over examples 1.6-2x that, vmap in chunks of one 3-4x; `chunk_size` only bounds memory.
 
 Two things SamSegmenter's own forward does not allow under vmap, handled here with the model's own
-submodules and `_decode`, giving the same values:
+submodules and `_decode`, giving the same values (`dense_forward`, also the fast route's forward):
 - box mode picks the present (image, class) pairs with `nonzero` (data-dependent shape): here every
   (image, class) query is decoded and absent ones are set to ABSENT_LOGIT with `torch.where`
   (no gradient flows from them, as none flows from the constant in the model's forward);
 - the loss's `one_hot` checks its input's values: the one-hot targets are made outside vmap and
-  the loss is the same Dice + BCE on them (a test checks it equals `SegmentationLoss`).
+  the loss is the same Dice + BCE on them (`per_example_loss`; a test checks it equals
+  `SegmentationLoss`).
 The batch loss is the mean of per-example losses (every example has the same number of pixels and
 classes), so per-sample gradients summed and divided by B are the plain gradient.
 """
@@ -49,10 +35,12 @@ import contextlib
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
+from monai.losses import DiceLoss
 from torch.nn import functional as F
 
 from fedmed.models.segmenter import ABSENT_LOGIT, SamSegmenter
-from fedmed.train.loss import SegmentationLoss, one_hot_foreground
+from fedmed.privacy.units import Units
+from fedmed.train.loss import one_hot_foreground
 
 def dense_forward(model: SamSegmenter, images: torch.Tensor, boxes: torch.Tensor | None,
                   present: torch.Tensor | None) -> torch.Tensor:
@@ -84,13 +72,14 @@ class _Dense(nn.Module):
         return dense_forward(self.model, images, boxes, present)
 
 
-def loss_on_targets(loss_fn: SegmentationLoss, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """`SegmentationLoss` on float one-hot targets [B, K, S, S] instead of label maps."""
-    return loss_fn.dice(logits, target) + F.binary_cross_entropy_with_logits(logits, target)
+def per_example_loss(dice: DiceLoss, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`SegmentationLoss` of each example [B] on float one-hot targets [B, K, S, S]; `dice` has reduction "none"."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return dice(logits, target).flatten(1).mean(1) + bce.flatten(1).mean(1)
 
 
 class PerSampleGradients:
-    """Per-sample gradients for a segmenter's trainable tensors (`model.trainable_names`).
+    """Per-sample gradients of `names` (default: all of `model.trainable_names`).
 
         grads, losses = PerSampleGradients(model)(images, boxes, present, masks)
         # grads[name]: [B, *param.shape], the gradient of example b's loss; losses: [B]
@@ -99,17 +88,18 @@ class PerSampleGradients:
     Reads the current parameter values on every call, so it survives optimizer steps.
     """
 
-    def __init__(self, model: SamSegmenter, *, chunk_size: int | None = None, mixed_precision: bool = False) -> None:
+    def __init__(self, model: SamSegmenter, *, names=None, chunk_size: int | None = None,
+                 mixed_precision: bool = False) -> None:
         self.model = model
-        self.names = list(model.trainable_names)
+        self.names = list(model.trainable_names if names is None else names)
         self.wrapper = _Dense(model)
-        self.loss_fn = SegmentationLoss(model.num_classes)
+        self.dice = DiceLoss(sigmoid=True, reduction="none")
         self.mixed_precision = mixed_precision
         self._vmapped = vmap(grad_and_value(self._loss_one), in_dims=(None, 0, 0, 0, 0), chunk_size=chunk_size)
 
     def _loss_one(self, trainable, image, boxes, present, target):
         logits = functional_call(self.wrapper, trainable, (image[None], boxes[None], present[None]))
-        return loss_on_targets(self.loss_fn, logits.to(target.dtype), target[None])
+        return per_example_loss(self.dice, logits.to(target.dtype), target[None])[0]
 
     def _autocast(self, device: torch.device):
         if self.mixed_precision and device.type == "cuda":
@@ -125,6 +115,19 @@ class PerSampleGradients:
         if images.shape[0] == 0:
             empty = {name: params[name].new_zeros((0, *params[name].shape)) for name in self.names}
             return empty, images.new_zeros((0,))
-        with self._autocast(images.device):
+        with torch.no_grad(), self._autocast(images.device):  # tensors not in `names` may require grad
             grads, losses = self._vmapped(trainable, images, boxes, present, target)
         return {name: grads["model." + name] for name in self.names}, losses
+
+
+def exact_clipped_sum(model: SamSegmenter, images: torch.Tensor, boxes: torch.Tensor, present: torch.Tensor,
+                      masks: torch.Tensor, units: Units, *, max_grad_norm: float
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The exact route's (clipped sums by name, unit norms [U]): per-example gradients summed per unit,
+    each unit's sum clipped to `max_grad_norm` with Opacus's factor min(1, C / (norm + 1e-6)), summed."""
+    grads, _ = PerSampleGradients(model)(images, boxes, present, masks)
+    per_unit = {name: units.sum(grad) for name, grad in grads.items()}
+    norms = torch.stack([grad.flatten(1).double().pow(2).sum(1) for grad in per_unit.values()]).sum(0).sqrt()
+    factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # float64: a float32 norm of 11M values is off by 1e-4
+    sums = {name: torch.einsum("u,u...->...", factors.to(grad.dtype), grad) for name, grad in per_unit.items()}
+    return sums, norms.float()
