@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from fedmed.config import DEFAULT_EPSILON, ConfigError, FederationConfig, PrivacySection, load_federation_config
+from fedmed.config import (
+    DEFAULT_EPSILON,
+    STRATEGY_PARAMETERS,
+    ConfigError,
+    FederationConfig,
+    PrivacySection,
+    load_federation_config,
+)
 from fedmed.fl.plan import make_plan
+from fedmed.models import ARCH_PRESETS
+from fedmed.recipes import get_recipe
 from policies import check_round, load_policy, pem_fingerprint
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "federation.toml"
@@ -40,26 +49,47 @@ def test_the_example_loads():
     assert config.privacy.mode == "sample" and config.privacy.epsilon == 8.0
 
 
+def readme_rows() -> dict[str, tuple[str, str]]:
+    """`section.key` -> (default, meaning), from the README's "Configuration" table."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+\.[a-z_0-9]+)` \| `([^`]*)` \| (.*) \|$", readme, flags=re.MULTILINE)
+    return {key: (value, meaning) for key, value, meaning in rows}
+
+
 def readme_defaults() -> dict[str, object]:
     """`section.key` -> default, from the README's "Configuration" table (`unset` is None)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| `([^`]*)` \|", readme, flags=re.MULTILINE)
-    return {key: None if value == "unset" else tomllib.loads(f"v = {value}")["v"] for key, value in rows}
+    return {key: None if value == "unset" else tomllib.loads(f"v = {value}")["v"]
+            for key, (value, _meaning) in readme_rows().items()}
 
 
 def test_every_default_is_the_one_the_readme_documents():
-    """Each default is written once (fedmed.config, or the TrainConfig / MethodOptions it takes them
-    from): a config of nothing, a plan of nothing and the README's table must all say the same."""
+    """Each default is written once (fedmed.config, or the TrainConfig / MethodOptions / recipe it takes
+    them from): a config of nothing and the README's table say the same; the plan of nothing carries
+    the recipe's and the strategy's numbers where the config leaves them unset, and the README names them."""
     documented = readme_defaults()
     config = FederationConfig().model_dump(mode="json")
     actual = {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
     assert documented == actual
     plan = make_plan(FederationConfig()).model_dump(mode="json")
-    for section in ("federation", "training", "secure_aggregation", "privacy"):
+    for section in ("federation", "strategy", "secure_aggregation", "privacy"):
         assert plan[section] == config[section]
+    recipe = get_recipe(config["model"]["recipe"])
+    assert plan["training"] == {**config["training"], "lr": recipe.optimizer.lr, "batch_size": recipe.batch_size,
+                                "weight_decay": recipe.optimizer.weight_decay}
     assert {k: v for k, v in plan["model"].items() if k != "checkpoint_sha256"} == {
-        k: v for k, v in config["model"].items() if k not in ("checkpoint", "pretrained")}
+        **{k: v for k, v in config["model"].items() if k not in ("checkpoint", "pretrained")},
+        "method": recipe.method, "lora_rank": recipe.lora_rank, "image_size": ARCH_PRESETS["tiny"].image_size}
     assert load_federation_config(write(Path(tempfile.mkdtemp()), "")).model_dump() == FederationConfig().model_dump()
+    meanings = {key: meaning for key, (_value, meaning) in readme_rows().items()}
+    for key, value in (("model.method", recipe.method), ("model.lora_rank", recipe.lora_rank),
+                       ("training.lr", recipe.optimizer.lr), ("training.batch_size", recipe.batch_size),
+                       ("training.weight_decay", recipe.optimizer.weight_decay)):
+        shown = f"`{value}`" if isinstance(value, str) else f"{value:g}"
+        assert f"`default`: {shown}" in meanings[key], key
+    for name, parameters in STRATEGY_PARAMETERS.items():
+        assert f"`{name}`" in meanings["strategy.name"]
+        for key, value in parameters.items():
+            assert f"{value:g}" in meanings[f"strategy.{key}"], (name, key)
 
 
 def test_every_problem_is_listed_with_its_field(tmp_path):
