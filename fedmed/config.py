@@ -171,11 +171,15 @@ class TrainingSection(_Section):
     lr: float | None = Field(default=None, gt=0, description="the recipe optimizer's base lr; default: the recipe's")
     batch_size: int | None = Field(default=None, ge=1, description="default: the recipe's")
     weight_decay: float | None = Field(default=None, ge=0, description="default: the recipe's")
+    keep_optimizer_state: bool | None = Field(default=None, description="each site keeps its optimizer state and "
+                                                                        "schedule step across rounds; default: the "
+                                                                        "recipe's")
 
     def resolved(self, recipe: str) -> TrainingSection:
         """This section with the numbers left unset taken from `recipe`."""
         spec = get_recipe(recipe)
-        defaults = {"lr": spec.optimizer.lr, "batch_size": spec.batch_size, "weight_decay": spec.optimizer.weight_decay}
+        defaults = {"lr": spec.optimizer.lr, "batch_size": spec.batch_size, "weight_decay": spec.optimizer.weight_decay,
+                    "keep_optimizer_state": spec.keep_optimizer_state}
         given = {key: value for key, value in defaults.items() if getattr(self, key) is None}
         return self.model_copy(update=given) if given else self
 
@@ -334,9 +338,9 @@ def aggregation_problems(federation: FederationSection, secure: SecureAggregatio
     return []
 
 
-def strategy_problems(recipe: str, strategy: StrategySection, secure: SecureAggregationSection,
-                      privacy: PrivacySection) -> list[str]:
-    """Why this recipe and strategy cannot run with this aggregation and privacy (empty: they can)."""
+def strategy_problems(recipe: str, training: TrainingSection, strategy: StrategySection,
+                      secure: SecureAggregationSection, privacy: PrivacySection) -> list[str]:
+    """Why this recipe, training and strategy cannot run with this aggregation and privacy (empty: they can)."""
     problems = []
     if strategy.individual_updates and secure.enabled:
         fits = ", ".join(name for name in STRATEGY_PARAMETERS if name not in INDIVIDUAL_UPDATES)
@@ -348,6 +352,9 @@ def strategy_problems(recipe: str, strategy: StrategySection, secure: SecureAggr
                         "supported yet: DP-SGD's per-sample route trains the default recipe's head and loss, and "
                         "client-level DP keeps no optimizer state across rounds; use recipe 'default' or "
                         "privacy.mode 'none'")
+    elif privacy.mode != "none" and training.resolved(recipe).keep_optimizer_state:
+        problems.append(f"training.keep_optimizer_state under differential privacy (privacy.mode = {privacy.mode!r}) "
+                        "is not supported yet: the DP routes make a new optimizer every round")
     if privacy.mode == "sample" and strategy.resolved().mu > 0:
         problems.append("fedprox's proximal term under DP-SGD (privacy.mode = 'sample') is not supported yet: "
                         "the per-sample loss does not include it; use privacy.mode 'client' or 'none', or another "
@@ -367,7 +374,8 @@ class FederationConfig(_Section):
     @model_validator(mode="after")
     def _aggregation_fits(self) -> FederationConfig:
         problems = aggregation_problems(self.federation, self.secure_aggregation)
-        problems += strategy_problems(self.model.recipe, self.strategy, self.secure_aggregation, self.privacy)
+        problems += strategy_problems(self.model.recipe, self.training, self.strategy, self.secure_aggregation,
+                                      self.privacy)
         if problems:
             raise ValueError("; ".join(problems))
         return self

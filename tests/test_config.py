@@ -75,7 +75,8 @@ def test_every_default_is_the_one_the_readme_documents():
         assert plan[section] == config[section]
     recipe = get_recipe(config["model"]["recipe"])
     assert plan["training"] == {**config["training"], "lr": recipe.optimizer.lr, "batch_size": recipe.batch_size,
-                                "weight_decay": recipe.optimizer.weight_decay}
+                                "weight_decay": recipe.optimizer.weight_decay,
+                                "keep_optimizer_state": recipe.keep_optimizer_state}
     assert {k: v for k, v in plan["model"].items() if k != "checkpoint_sha256"} == {
         **{k: v for k, v in config["model"].items() if k not in ("checkpoint", "pretrained")},
         "method": recipe.method, "lora_rank": recipe.lora_rank, "image_size": ARCH_PRESETS["tiny"].image_size}
@@ -83,8 +84,9 @@ def test_every_default_is_the_one_the_readme_documents():
     meanings = {key: meaning for key, (_value, meaning) in readme_rows().items()}
     for key, value in (("model.method", recipe.method), ("model.lora_rank", recipe.lora_rank),
                        ("training.lr", recipe.optimizer.lr), ("training.batch_size", recipe.batch_size),
-                       ("training.weight_decay", recipe.optimizer.weight_decay)):
-        shown = f"`{value}`" if isinstance(value, str) else f"{value:g}"
+                       ("training.weight_decay", recipe.optimizer.weight_decay),
+                       ("training.keep_optimizer_state", recipe.keep_optimizer_state)):
+        shown = f"`{value}`" if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else f"{value:g}"
         assert f"`default`: {shown}" in meanings[key], key
     for name, parameters in STRATEGY_PARAMETERS.items():
         assert f"`{name}`" in meanings["strategy.name"]
@@ -252,3 +254,72 @@ def test_configs_are_immutable():
     with pytest.raises(Exception, match="frozen"):
         config.federation.rounds = 100  # type: ignore[misc]
     assert isinstance(config, FederationConfig)
+
+
+def test_a_strategy_takes_only_its_own_parameters(tmp_path):
+    [problem] = problems(tmp_path, MINIMAL + '[strategy]\nname = "fedavg"\ntau = 0.1\n')
+    assert problem.startswith("strategy:") and "tau is not a parameter of strategy 'fedavg' (it takes no " \
+                                                 "parameters)" in problem
+    [problem] = problems(tmp_path, MINIMAL + '[strategy]\nname = "fedadam"\nproximal_mu = 0.1\nbeta_1 = 1.5\n')
+    assert problem.startswith("strategy.beta_1:")  # a bad value first; the foreign key once values are valid
+    [problem] = problems(tmp_path, MINIMAL + '[strategy]\nname = "sgd"\n')
+    assert problem.startswith("strategy.name:") and "'fedadam'" in problem
+
+
+def test_the_plan_carries_the_recipes_and_the_strategys_numbers_and_the_config_wins(tmp_path):
+    config = load_federation_config(write(tmp_path, MINIMAL + textwrap.dedent("""
+        [model]
+        recipe = "flap-sam"
+        [training]
+        batch_size = 6
+        [strategy]
+        name = "fedadam"
+        tau = 0.01
+        [privacy]
+        mode = "none"
+    """)))
+    assert config.training.lr is None and config.strategy.server_lr is None  # the config keeps what was written
+    plan = make_plan(config)
+    assert (plan.model.method, plan.model.lora_rank, plan.model.image_size) == ("flap-sam", 32, 128)  # tiny: 128
+    assert (plan.training.lr, plan.training.weight_decay, plan.training.batch_size) == (8e-4, 0.1, 6)
+    assert plan.training.keep_optimizer_state is True
+    assert (plan.strategy.server_lr, plan.strategy.beta_1, plan.strategy.beta_2, plan.strategy.tau) == (
+        STRATEGY_PARAMETERS["fedadam"]["server_lr"], 0.9, 0.99, 0.01)
+    other = make_plan(config, strategy={"name": "fedavgm"})  # another strategy: its own defaults, not fedadam's tau
+    assert (other.strategy.server_lr, other.strategy.server_momentum, other.strategy.tau) == (1.0, 0.9, None)
+    assert make_plan(config, strategy={"server_lr": 0.5}).strategy.tau == 0.01  # the same strategy keeps them
+    assert make_plan(config, model={"recipe": "fedfms"}).model.method == "fedmsa"
+
+
+def test_what_cannot_run_together_is_refused_with_the_reason(tmp_path):
+    [problem] = problems(tmp_path, MINIMAL + '[strategy]\nname = "krum"\n')
+    assert "strategy 'krum' aggregates each site's own update, which secure aggregation never shows the server" \
+        in problem
+    plain = MINIMAL + '[strategy]\nname = "krum"\n[secure_aggregation]\nenabled = false\n'
+    assert load_federation_config(write(tmp_path, plain)).strategy.name == "krum"
+    [problem] = problems(tmp_path, MINIMAL + '[model]\nrecipe = "fedfms"\n')  # DP-SGD by default
+    assert "recipe 'fedfms' under differential privacy (privacy.mode = 'sample') is not supported yet" in problem
+    [problem] = problems(tmp_path, MINIMAL + '[strategy]\nname = "fedprox"\n')
+    assert "fedprox's proximal term under DP-SGD" in problem
+    client = MINIMAL + '[strategy]\nname = "fedprox"\n[privacy]\nmode = "client"\n'
+    assert load_federation_config(write(tmp_path, client)).strategy.name == "fedprox"  # client DP: plain loss
+    [problem] = problems(tmp_path, MINIMAL + '[training]\nkeep_optimizer_state = true\n[privacy]\nmode = "client"\n')
+    assert "training.keep_optimizer_state under differential privacy" in problem
+
+
+def test_the_round_request_names_the_recipe_and_fedproxs_mu_for_the_sites_policy(tmp_path):
+    config = load_federation_config(write(tmp_path, MINIMAL + textwrap.dedent("""
+        [model]
+        recipe = "flap-sam"
+        [strategy]
+        name = "fedprox"
+        proximal_mu = 0.5
+        [privacy]
+        mode = "none"
+    """)))
+    request = config.round_request(NAMES)
+    assert request.recipe == "flap-sam" and request.method == "flap-sam" and request.training.proximal_mu == 0.5
+    assert request.training.lr == 8e-4 and request.training.batch_size == 24
+    narrow = load_policy("research").model_copy(update={"allowed_recipes": ("default",)})
+    narrow = narrow.model_copy(update={"training": narrow.training.model_copy(update={"proximal_mu": (0.0, 0.1)})})
+    assert sorted(v.rule for v in check_round(narrow, request)) == ["allowed_recipes", "training.proximal_mu"]

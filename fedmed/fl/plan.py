@@ -69,7 +69,8 @@ class RunPlan(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> RunPlan:
         problems = aggregation_problems(self.federation, self.secure_aggregation)
-        problems += strategy_problems(self.model.recipe, self.strategy, self.secure_aggregation, self.privacy)
+        problems += strategy_problems(self.model.recipe, self.training, self.strategy, self.secure_aggregation,
+                                      self.privacy)
         if (self.checkpoint is None) != (self.model.checkpoint_sha256 is None):
             problems.append("checkpoint and model.checkpoint_sha256 come together (make_plan sets both)")
         if problems:

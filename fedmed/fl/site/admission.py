@@ -81,7 +81,7 @@ def admit_round(session: SiteSession) -> SitePrivacy | None:
     try:
         if instructions.secure_aggregation.enabled and instructions.num_clients < 2:
             raise ValueError("the server's instructions are invalid: a secure round of one site is no secret")
-        for problem in strategy_problems(instructions.model.recipe, instructions.strategy,
+        for problem in strategy_problems(instructions.model.recipe, instructions.training, instructions.strategy,
                                          instructions.secure_aggregation, instructions.privacy):
             raise ValueError(f"this site cannot train as asked: {problem}")
         session.request = round_request(instructions, session.settings.own_server(), layout=session.layout,

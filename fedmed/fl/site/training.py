@@ -11,8 +11,8 @@ that replays it to other participants to difference the sums is refused by the s
 memory (`fedmed.fl.site.releases`). A site without a state directory draws a fresh seed from the
 CSPRNG for every round.
 
-A recipe that keeps each site's optimizer (FLAP-SAM's, FedFMS's) has the site keep its optimizer
-state and schedule step (`fedmed.train.optim`) in its private state directory, never sent:
+With `training.keep_optimizer_state` (the default of FLAP-SAM's and FedFMS's recipes) the site keeps
+its optimizer state and schedule step (`fedmed.train.optim`) in its private state directory, never sent:
 
     <state_dir>/<party>/optimizer/<run key>/round_<r>.pt   the state after the site's round r
 
@@ -22,7 +22,7 @@ the latest state of a round before r, so a round trained again after a crash (th
 from its last checkpoint) starts from the same state as the first time: a resumed run ends with the
 same model. After saving round r the site keeps only that state and the one before it, and drops any
 of later rounds (a run of the same key abandoned earlier). A state that cannot be read or does not
-fit the model is a refusal naming the file (`OptimizerStateError`); such a recipe needs a state
+fit the model is a refusal naming the file (`OptimizerStateError`); keeping it needs a state
 directory. The schedule's horizon is the site's own: rounds x local epochs of its own batches.
 
 FedProx's proximal term (mu/2) ||w - w_global||^2 over the trainable tensors is added to the local
@@ -151,7 +151,7 @@ def train_round(session: SiteSession, privacy: SitePrivacy | None, start: np.nda
         if privacy is not None:  # admission refuses the recipes and terms DP cannot train yet
             return privacy.train(session.model, data, config, round=instructions.round,
                                  study=instructions.federation.name)
-        if not get_recipe(recipe).keep_optimizer_state:
+        if not training.keep_optimizer_state:
             return train_local(session.model, data.train, config)
         return _train_keeping_state(session, config)
 
@@ -159,8 +159,8 @@ def train_round(session: SiteSession, privacy: SitePrivacy | None, start: np.nda
 def _train_keeping_state(session: SiteSession, config) -> TrainResult:
     """`train_local` from the site's kept optimizer state, keeping the new one (module docstring)."""
     if session.state_dir is None:
-        raise session.refuse(f"{session.party} declines round {session.round}: recipe {config.recipe!r} keeps the "
-                             "site's optimizer state across rounds in its state directory, and this site has none",
+        raise session.refuse(f"{session.party} declines round {session.round}: the round keeps each site's "
+                             "optimizer state across rounds in its state directory, and this site has none",
                              ["no state directory for the optimizer state"])
     states = OptimizerStates(session.state_dir / OPTIMIZER_DIR / run_key(session))
     path = states.before(session.round)

@@ -129,3 +129,44 @@ def test_a_saved_state_continues_exactly_and_a_foreign_one_is_refused():
         make_strategy(section).load_state({"name": "fedyogi", "arrays": {"m": np.zeros(256, np.float32)}}, size=SIZE)
     with pytest.raises(StrategyStateError, match="keeps no fedyogi state"):
         make_strategy(section).load_state(None, size=SIZE)
+
+
+def test_a_robust_strategy_never_runs_on_a_secure_round_even_from_a_hand_made_plan(tmp_path):
+    from fl_helpers import small_plan
+
+    from fedmed.config import SecureAggregationSection
+    from fedmed.fl.server.rounds import FederationError, make_aggregator
+
+    with pytest.raises(ValueError, match="strategy 'fedmedian' aggregates each site's own update"):
+        small_plan(tmp_path, strategy=StrategySection(name="fedmedian"),
+                   secure_aggregation={"enabled": True})
+    plan = small_plan(tmp_path).model_copy(update={"strategy": StrategySection(name="fedmedian"),
+                                                   "secure_aggregation": SecureAggregationSection()})
+    with pytest.raises(FederationError, match="needs each site's update; secure aggregation shows the server only"):
+        make_aggregator(plan, exchange=None, run_id="run")
+
+
+def test_krum_keeps_a_site_sending_a_huge_update_out_of_the_model_where_fedavg_takes_it_in(tmp_path):
+    from fl_helpers import small_grid, small_plan
+
+    from fedmed.fl.server.rounds import run_federation
+    from fedmed.fl.wire.layout import pack
+    from fedmed.fl.wire.messages import TRAIN, UPDATE
+    from fedmed.io import load_trainable
+    from fedmed.models import build_model, trainable_state
+
+    def poisoned(node, message, deliver):
+        reply = deliver(message)
+        if node == 1 and message.metadata.message_type == TRAIN:
+            reply.content[UPDATE] = pack(np.full_like(reply.content[UPDATE]["flat"].numpy(), 100.0))
+        return reply
+
+    moved = {}
+    for name in ("fedavg", "krum"):
+        plan = small_plan(tmp_path / name, rounds=1, strategy=StrategySection(name=name))
+        start = trainable_state(build_model(plan.model.build_config(num_classes=2, seed=plan.federation.seed,
+                                                                    checkpoint=plan.checkpoint)))
+        run_federation(small_grid(poisoned), plan)
+        final = load_trainable(tmp_path / name / "final.pt")[0]
+        moved[name] = max(float((final[k] - start[k]).abs().max()) for k in start)
+    assert moved["fedavg"] > 30 and moved["krum"] < 1, moved  # fedavg: a third of 100 on every coordinate

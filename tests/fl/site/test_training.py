@@ -96,7 +96,7 @@ def test_an_unreadable_optimizer_state_is_a_refusal_naming_the_file(state, tmp_p
 
 
 def test_a_site_without_a_state_directory_declines_a_recipe_that_keeps_state(tmp_path):
-    with pytest.raises(RoundFailed, match="keeps the site's optimizer state across rounds in its state directory"):
+    with pytest.raises(RoundFailed, match="keeps each site's optimizer state across rounds in its state directory"):
         run_federation(grid(None, state_dir=False), flap_plan(tmp_path, rounds=1))
 
 
@@ -159,3 +159,23 @@ def test_a_site_declines_a_recipe_or_proximal_term_its_dp_route_cannot_train_wha
         with pytest.raises(RoundFailed) as failure:
             run_federation(grid_of(sites), plan)
         assert "cannot train as asked" in str(failure.value) and "not supported yet" in str(failure.value)
+
+
+def test_the_site_reads_fedproxs_mu_and_the_recipe_from_the_instructions_into_its_policy_check():
+    from fedmed.config import FederationSection, PrivacySection, SecureAggregationSection, TrainingSection
+    from fedmed.fl.site.admission import round_request
+    from fedmed.fl.site.settings import SIMULATION_SERVER
+    from fedmed.fl.wire.instructions import Instructions
+    from fedmed.fl.wire.layout import Layout
+    from policies import check_round, load_policy
+
+    instructions = Instructions(
+        run_id="run", round=1, num_classes=2, num_clients=3, federation=FederationSection(), model=FLAP,
+        training=TrainingSection(), strategy=StrategySection(name="fedprox", proximal_mu=20.0),
+        secure_aggregation=SecureAggregationSection(enabled=False), privacy=PrivacySection(mode="none"))
+    assert instructions.training.lr == 8e-4 and instructions.strategy.mu == 20.0  # resolved on arrival too
+    layout = Layout.of({"sam.mask_decoder.iou_token.weight": torch.zeros(4, 8)})
+    request = round_request(instructions, SiteSettings(server_address=SIMULATION_SERVER).own_server(), layout=layout,
+                            local_samples=64)
+    assert request.recipe == "flap-sam" and request.training.proximal_mu == 20.0
+    assert [v.rule for v in check_round(load_policy("research"), request)] == ["training.proximal_mu"]  # [0, 10]
