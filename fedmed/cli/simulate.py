@@ -23,7 +23,9 @@ def simulate(
     rounds: Optional[int] = typer.Option(None, min=1, help="federated rounds [default: 5]"),
     clients: Optional[int] = typer.Option(None, min=1, help="sites [default: 3 synthetic, or one per site folder]"),
     local_epochs: Optional[int] = typer.Option(None, min=1, help="epochs over its data per site and round [1]"),
-    data: str = typer.Option("synthetic", help="'synthetic' or a folder (one dataset, or one subfolder per site)"),
+    data: str = typer.Option("synthetic", help="'synthetic', 'synthetic-noniid' (inverted contrast, other anatomy "
+                                               "at every other site) or a folder (one dataset, or one subfolder "
+                                               "per site)"),
     arch: Optional[str] = typer.Option(None, help="tiny, vit_b, vit_l or vit_h [default: tiny]"),
     checkpoint: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                               help="SAM/MedSAM .pth to start from [default: tiny's built-in weights]"),
@@ -56,6 +58,7 @@ def simulate(
     verbose: bool = typer.Option(False, "--verbose", help="Flower's and Ray's logs too"),
 ) -> None:
     """Simulate a federation of hospitals on one machine (Flower simulation engine)."""
+    from fedmed.data.synthetic import SYNTHETIC_DATA
     from fedmed.fl.launch.simulation import SimulationError, prepare_simulation, simulation_sites
     from fedmed.fl.plan import make_plan, override_privacy
     from fedmed.fl.server.plots import save_dice_plot
@@ -79,7 +82,7 @@ def simulate(
             privacy=override_privacy(base.privacy, mode=dp, epsilon=epsilon),
             out=str(out or Path("runs") / plan_name), num_clients=len(sites), holdout=holdout,
             round_timeout=round_timeout)
-        if state_dir is None and data != "synthetic":
+        if state_dir is None and data not in SYNTHETIC_DATA:
             state_dir = Path.home() / ".fedmed"  # a data folder's budget outlives the run folder
         plan, sites = prepare_simulation(plan, sites, policy=policy, state_dir=state_dir)
     except (ValueError, SimulationError) as error:

@@ -17,7 +17,8 @@ console = Console()
 
 
 def train(
-    data: str = typer.Option("synthetic", help="'synthetic' or a dataset folder (one subfolder per site allowed)"),
+    data: str = typer.Option("synthetic", help="'synthetic', 'synthetic-noniid' or a dataset folder (one subfolder "
+                                               "per site allowed)"),
     recipe: str = typer.Option("default", help=f"how the model is built and trained: {', '.join(RECIPES)} "
                                                "(docs/methods.md)"),
     method: str = typer.Option(None, help="fedsam, fedmsa, flap-sam or samed [default: the recipe's]"),
@@ -38,6 +39,7 @@ def train(
 ) -> None:
     """Train one model on the union of all sites' data; report validation Dice per site and class."""
     from fedmed.data import DataError, load_sites
+    from fedmed.data.synthetic import SYNTHETIC_DATA
     from fedmed.models import CheckpointError, ModelConfig
     from fedmed.models.pretrained import BuiltinWeightsError, starting_checkpoint
     from fedmed.train import TrainConfig
@@ -47,7 +49,8 @@ def train(
         model_config = ModelConfig.from_recipe(recipe, arch=arch, method=method, image_size=image_size,
                                                lora_rank=lora_rank, seed=seed)
         train_config = TrainConfig.from_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-        synthetic = {"num_sites": num_sites, "samples_per_site": samples_per_site} if data == "synthetic" else {}
+        synthetic = ({"num_sites": num_sites, "samples_per_site": samples_per_site} if data in SYNTHETIC_DATA
+                     else {})
         sites = load_sites(data, image_size=model_config.image_size or _preset_size(arch), data_seed=seed, **synthetic)
         start = starting_checkpoint(arch, checkpoint, pretrained=not random_init)
     except (DataError, BuiltinWeightsError, UnknownRecipeError) as error:
