@@ -12,7 +12,7 @@ local training and the inserted modules, taken from `fedmed.train.TrainConfig` a
     [federation]          name, rounds, min_clients, fraction_fit, seed
     [model]               arch, recipe, method, image_size, lora_rank, lora_alpha, adapter_ratio, checkpoint,
                           pretrained
-    [training]            local_epochs, lr, batch_size, weight_decay
+    [training]            local_epochs, lr, batch_size, weight_decay, keep_optimizer_state
     [strategy]            name, server_lr, server_momentum, beta_1, beta_2, tau, proximal_mu, trim_fraction,
                           num_malicious
     [secure_aggregation]  enabled, threshold, clip, precision_bits, graph
@@ -22,8 +22,8 @@ local training and the inserted modules, taken from `fedmed.train.TrainConfig` a
 Relative paths (`model.checkpoint`, `server.certificate`) are relative to the config file.
 
 A recipe (`fedmed.recipes`) gives the defaults of the model's method, image size and LoRA rank
-and of training's lr, batch size and weight decay; a strategy (`STRATEGY_PARAMETERS`) the defaults
-of its own parameters. The config keeps what was written ("unset": the recipe's, the strategy's);
+and of training's lr, batch size, weight decay and whether sites keep their optimizer; a strategy
+(`fedmed.strategies`, `[strategy]`) the defaults of its own parameters. The config keeps what was written ("unset": the recipe's, the strategy's);
 the run plan and the instructions carry the resolved numbers (`ModelSpec`, `TrainingSection.resolved`,
 `StrategySection.resolved`), so every party works from the same concrete values.
 """
@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from fedmed.models import ARCH_PRESETS, METHODS, MethodOptions, ModelConfig
 from fedmed.recipes import RECIPES, get_recipe
+from fedmed.strategies import INDIVIDUAL_UPDATES, STRATEGY_PARAMETERS, StrategySection, resolve_strategy
 from fedmed.train import TrainConfig
 from policies import (
     PrivacySettings,
@@ -57,7 +58,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 __all__ = ["ConfigError", "FederationConfig", "FederationSection", "ModelSection", "ModelSpec", "PrivacySection",
            "STRATEGY_PARAMETERS", "SecureAggregationSection", "ServerSection", "StrategySection", "TrainingSection",
-           "load_federation_config", "make_round_request"]
+           "load_federation_config", "make_round_request", "resolve_strategy", "resolve_training",
+           "strategy_problems"]
 
 Arch = Literal[tuple(ARCH_PRESETS)]  # type: ignore[valid-type]  # the presets' registry
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the methods' registry
@@ -190,78 +192,10 @@ class TrainingSection(_Section):
                                        total_steps=total_steps)
 
 
-# Each strategy's parameters and their defaults (`fedmed.fl.server.strategy` has the update rules,
-# Flower 1.41's `flwr.serverapp.strategy`). A parameter not listed for a strategy is not its own.
-STRATEGY_PARAMETERS: dict[str, dict[str, float]] = {
-    "fedavg": {},
-    "fedavgm": {"server_lr": 1.0, "server_momentum": 0.9},
-    "fedadam": {"server_lr": 1e-2, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3},
-    "fedyogi": {"server_lr": 1e-2, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3},
-    "fedadagrad": {"server_lr": 1e-2, "tau": 1e-3},
-    "fedprox": {"proximal_mu": 0.01},
-    "fedmedian": {},
-    "fedtrimmedavg": {"trim_fraction": 0.2},
-    "krum": {"num_malicious": 0},
-    "bulyan": {"num_malicious": 0},
-}
-# Strategies that aggregate the sites' individual updates, which secure aggregation never shows the server.
-INDIVIDUAL_UPDATES = frozenset({"fedmedian", "fedtrimmedavg", "krum", "bulyan"})
-StrategyName = Literal[tuple(STRATEGY_PARAMETERS)]  # type: ignore[valid-type]
-
-
-class StrategySection(_Section):
-    """`[strategy]`: how the server moves the global model by the round's updates, and its parameters
-    (unset: the strategy's default, `STRATEGY_PARAMETERS`; a parameter of another strategy is an error)."""
-
-    name: StrategyName = "fedavg"
-    server_lr: float | None = Field(default=None, gt=0, description="server step size (fedavgm, fedadam, fedyogi, "
-                                                                    "fedadagrad: Flower's eta)")
-    server_momentum: float | None = Field(default=None, ge=0, lt=1, description="fedavgm's momentum")
-    beta_1: float | None = Field(default=None, ge=0, lt=1, description="first-moment decay (fedadam, fedyogi)")
-    beta_2: float | None = Field(default=None, ge=0, lt=1, description="second-moment decay (fedadam, fedyogi)")
-    tau: float | None = Field(default=None, gt=0, description="adaptivity (fedadam, fedyogi, fedadagrad)")
-    proximal_mu: float | None = Field(default=None, ge=0, description="fedprox's proximal weight: sent to the "
-                                                                      "sites, in their local loss")
-    trim_fraction: float | None = Field(default=None, ge=0, lt=0.5, description="fedtrimmedavg: share cut at "
-                                                                                "each end (Flower's beta)")
-    num_malicious: int | None = Field(default=None, ge=0, description="krum, bulyan: sites assumed malicious")
-
-    @model_validator(mode="after")
-    def _own_parameters(self) -> StrategySection:
-        own = STRATEGY_PARAMETERS[self.name]
-        foreign = [key for key in type(self).model_fields
-                   if key != "name" and getattr(self, key) is not None and key not in own]
-        if foreign:
-            takes = ", ".join(own) or "no parameters"
-            raise ValueError(f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not a parameter of "
-                             f"strategy {self.name!r} (it takes {takes})")
-        return self
-
-    def resolved(self) -> StrategySection:
-        """This section with the strategy's own parameters left unset given their defaults."""
-        given = {key: value for key, value in STRATEGY_PARAMETERS[self.name].items() if getattr(self, key) is None}
-        return self.model_copy(update=given) if given else self
-
-    @property
-    def mu(self) -> float:
-        """The proximal weight the sites add to their local loss (0: none)."""
-        return self.proximal_mu or 0.0
-
-    @property
-    def individual_updates(self) -> bool:
-        """Whether the strategy needs each site's update (not only their sum)."""
-        return self.name in INDIVIDUAL_UPDATES
-
-
 def resolve_training(training: TrainingSection, info: ValidationInfo) -> TrainingSection:
     """Field validator of a `training` beside a `model` (declared before it): the model's recipe's numbers."""
     model = info.data.get("model")
     return training.resolved(model.recipe) if model is not None else training
-
-
-def resolve_strategy(strategy: StrategySection) -> StrategySection:
-    """Field validator of a `strategy`: its parameters resolved."""
-    return strategy.resolved()
 
 
 class SecureAggregationSection(_Section):

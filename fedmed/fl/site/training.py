@@ -49,7 +49,7 @@ from fedmed.fl.site.session import SiteSession
 from fedmed.fl.wire.transcript import vector_sha256
 from fedmed.models import SamSegmenter, trainable_state
 from fedmed.recipes import get_recipe
-from fedmed.train import TrainResult, train_local
+from fedmed.train import TrainConfig, TrainResult, train_local
 from fedmed.train.optim import OptimizerStateError, load_state, save_state
 from fedmed.train.schedule import planned_total_steps
 
@@ -156,7 +156,7 @@ def train_round(session: SiteSession, privacy: SitePrivacy | None, start: np.nda
         return _train_keeping_state(session, config)
 
 
-def _train_keeping_state(session: SiteSession, config) -> TrainResult:
+def _train_keeping_state(session: SiteSession, config: TrainConfig) -> TrainResult:
     """`train_local` from the site's kept optimizer state, keeping the new one (module docstring)."""
     if session.state_dir is None:
         raise session.refuse(f"{session.party} declines round {session.round}: the round keeps each site's "
