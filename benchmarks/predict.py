@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedmed.data import load_sites  # noqa: E402
 from fedmed.inference import ModelBundle, Normalisation, Predictor, make_card  # noqa: E402
-from fedmed.inference.inputs import InputCase  # noqa: E402
+from fedmed.inference.case import InputCase  # noqa: E402
 from fedmed.models import ModelConfig, build_model, trainable_state  # noqa: E402
 from fedmed.models.pretrained import starting_checkpoint  # noqa: E402
 from fedmed.train.evaluate import validate  # noqa: E402

@@ -11,7 +11,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from fedmed.cli.predict import BatchOpt, BoxesOpt, CheckpointOpt, DeviceOpt, ModelOpt, check_prompt, fail
+from fedmed.cli.predict import (BatchOpt, BoxesOpt, CheckpointOpt, DataSeedOpt, DeviceOpt, ModelOpt, NumSitesOpt,
+                                SamplesOpt, check_prompt, fail)
 
 PROMPTS = ("none", "boxes", "oracle-boxes")
 
@@ -33,14 +34,14 @@ def evaluate(
     tolerance: Annotated[float, typer.Option(min=0.0, help="surface Dice tolerance, mm (px for pictures)")] = 2.0,
     split_dir: Annotated[Optional[Path], typer.Option(help="the site's kept splits (STATE/splits), for a dataset "
                                                            "without its own splits.json")] = None,
-    data_seed: Annotated[int, typer.Option(help="the synthetic sites' data seed (the sites' own)")] = 0,
-    num_sites: Annotated[int, typer.Option(min=1, help="sites of the synthetic data")] = 3,
-    samples_per_site: Annotated[int, typer.Option(min=2, help="pictures per synthetic site")] = 80,
+    data_seed: DataSeedOpt = 0,
+    num_sites: NumSitesOpt = 3,
+    samples_per_site: SamplesOpt = 80,
     checkpoint: CheckpointOpt = None,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8,
 ) -> None:
-    """Score a trained model per case (NIfTI: per volume, in mm) and class; means over cases, then classes."""
+    """Score a trained model per case (NIfTI, DICOM: per volume, in mm) and class; means over cases, then classes."""
     from fedmed.data import DataError
     from fedmed.inference import (BoxPrompts, BundleError, InputError, Predictor, SplitError, evaluate_cases,
                                   evaluation_split, load_bundle, make_report, write_report)

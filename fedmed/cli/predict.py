@@ -1,4 +1,4 @@
-"""`fedmed predict`: segment pictures or NIfTI volumes with a trained model (run directory or model file)."""
+"""`fedmed predict`: segment pictures, NIfTI volumes or DICOM series with a trained model (run directory or model file)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when there is one), cpu, cuda, cuda:1, ...")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="slices per forward pass")]
 BoxesOpt = Annotated[Optional[Path], typer.Option(
-    help="box prompts (JSON or CSV) for --prompt boxes: per picture x0,y0,x1,y1 px; per NIfTI also z0,z1 (voxels)")]
+    help="box prompts (JSON or CSV) for --prompt boxes: per picture x0,y0,x1,y1 px; per volume also z0,z1 (voxels)")]
+DataSeedOpt = Annotated[int, typer.Option(help="the synthetic sites' data seed (the sites' own)")]
+NumSitesOpt = Annotated[int, typer.Option(min=1, help="sites of the synthetic data")]
+SamplesOpt = Annotated[int, typer.Option(min=2, help="pictures per synthetic site")]
 
 
 def fail(message: str) -> None:
@@ -38,17 +41,24 @@ def check_prompt(prompt: str, boxes: Path | None, allowed: tuple[str, ...]) -> N
 
 def predict(
     model: ModelOpt,
-    input: Annotated[Path, typer.Option("--input", help="a picture (PNG, JPG, TIF) or NIfTI file, or a folder of them")],
-    out: Annotated[Path, typer.Option("--out", help="folder for the label maps (CASE.png / CASE.nii.gz)")],
+    input: Annotated[Path, typer.Option("--input", help="a picture (PNG, JPG, TIF) or NIfTI file, a DICOM series' "
+                                                        "folder, a folder of them, or 'synthetic' (the built-in "
+                                                        "federation's test pictures)")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the results (CASE.png / CASE.nii.gz / CASE.dcm)")],
     prompt: Annotated[str, typer.Option(help="none (no prompt) or boxes (from --boxes)")] = "none",
     boxes: BoxesOpt = None,
     overlay: Annotated[bool, typer.Option("--overlay", help="also write CASE_overlay.png, classes tinted")] = False,
     checkpoint: CheckpointOpt = None,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8,
+    data_seed: DataSeedOpt = 0,
+    num_sites: NumSitesOpt = 3,
+    samples_per_site: SamplesOpt = 80,
 ) -> None:
-    """Write a label map per input: PNG of class indices for pictures, NIfTI with the input's affine for volumes."""
-    from fedmed.inference import BundleError, InputError, Predictor, load_bundle, predict_files
+    """Write a result per input: PNG of class indices for pictures, NIfTI with the input's affine for volumes,
+    a DICOM SEG referencing the series for DICOM."""
+    from fedmed.inference import (BundleError, InputError, Predictor, load_bundle, model_sha256, predict_files,
+                                  predict_synthetic)
     from fedmed.train.loop import resolve_device
 
     check_prompt(prompt, boxes, ("none", "boxes"))
@@ -63,9 +73,15 @@ def predict(
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("predicting", total=None)
-            results = predict_files(predictor, input, out, boxes=boxes, overlay=overlay,
-                                    on_case=lambda done, total, r: bar.update(task, completed=done, total=total,
-                                                                              description=r.name))
+
+            def follow(done: int, total: int, result) -> None:
+                bar.update(task, completed=done, total=total, description=result.name)
+
+            if str(input) == "synthetic":
+                results = predict_synthetic(predictor, out, overlay=overlay, on_case=follow, data_seed=data_seed,
+                                            num_sites=num_sites, samples_per_site=samples_per_site)
+            else:
+                results = predict_files(predictor, input, out, boxes=boxes, overlay=overlay, on_case=follow)
     except (BundleError, InputError, ValueError) as error:
         fail(str(error))
     names = bundle.card.class_names[1:]
@@ -77,3 +93,4 @@ def predict(
     console.print(table)
     slices, seconds = sum(r.slices for r in results), sum(r.seconds for r in results)
     console.print(f"{slices} slices in {seconds:.1f} s ({slices / max(seconds, 1e-9):.1f} slices/s) on {predictor.device}")
+    console.print(f"model sha256 {model_sha256(bundle)}")

@@ -1,10 +1,12 @@
-"""Box prompts from a file (JSON or CSV), per picture or per NIfTI slice, never from a ground truth.
+"""Box prompts from a file (JSON or CSV), per picture or per volume slice, never from a ground truth.
 
 One record a box: the input it belongs to (`image`: its file name or case name), the foreground
 class (`class`: a name of the model card or its index 1..K-1), and the box corners, inclusive:
 - pictures: `x0, y0, x1, y1` in pixels (x = column, y = row);
 - NIfTI: `x0, y0, z0, x1, y1, z1` in the file's own voxel indices (i, j, k); a box for one slice
-  has z0 == z1, a box over several slices prompts each of them.
+  has z0 == z1, a box over several slices prompts each of them;
+- DICOM series: the same with x the column, y the row and z the slice's place in the series ordered
+  by position along the slice normal (0 first; not InstanceNumber).
 
     [{"image": "case1.png", "class": "lesion", "x0": 10, "y0": 12, "x1": 40, "y1": 33}]   # JSON
     image,class,x0,y0,x1,y1,z0,z1                                                        # CSV header
@@ -26,7 +28,8 @@ import torch
 from nibabel.orientations import io_orientation
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fedmed.inference.inputs import InputCase, InputError, case_name
+from fedmed.inference.case import InputCase, InputError
+from fedmed.inference.inputs import case_name
 from policies import validation_problems
 
 
@@ -131,7 +134,7 @@ class BoxPrompts:
 
     def _extent(self, record: BoxRecord, case: InputCase) -> tuple[tuple[int, int], ...]:
         """(rows, columns, slices) of a record in the case's slice planes, each inclusive (lo, hi)."""
-        if case.format != "nifti":
+        if not case.is_volume:
             if record.z0 is not None or record.z1 is not None:
                 raise InputError(f"{self.path}: a box for the picture {case.name} has z0/z1")
             return ((int(record.y0), int(record.y1)), (int(record.x0), int(record.x1)), (0, 0))
@@ -139,7 +142,8 @@ class BoxPrompts:
             raise InputError(f"{self.path}: a box for the volume {case.name} needs z0 and z1")
         corners = np.array([[record.x0, record.y0, record.z0], [record.x1, record.y1, record.z1]], dtype=np.int64)
         extent = [(0, 0)] * 3
-        for axis, (target, flip) in enumerate(io_orientation(case.nifti.affine)):
-            values = corners[:, axis] if flip > 0 else case.nifti.shape[axis] - 1 - corners[:, axis]
+        affine, shape = case.grid()
+        for axis, (target, flip) in enumerate(io_orientation(affine)):
+            values = corners[:, axis] if flip > 0 else shape[axis] - 1 - corners[:, axis]
             extent[int(target)] = (int(values.min()), int(values.max()))
         return tuple(extent)

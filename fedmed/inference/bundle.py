@@ -3,15 +3,23 @@
     bundle = load_bundle("runs/fedmsa-tiny")        # DIR/model_card.json + DIR/final.pt
     bundle = load_bundle("model.pt")                # `fedmed export --format fedmed`
     model = build_segmenter(bundle, prompt="none")  # finds the base checkpoint by its SHA-256
+    digest = model_sha256(bundle)                   # what a written result names as its model
 
 A model file is a fedmed trainable-tensor checkpoint (`fedmed.io.save_trainable`) whose metadata
 holds the card. The base SAM checkpoint never travels in it: `build_segmenter` finds fedmed's
 built-in weights by hash, else uses the file given or the path the card recorded, checking its
 SHA-256. Every failure is one `BundleError` naming the file and what is missing or different.
+
+The model's SHA-256 (`model_sha256`) is the digest of what fixes its predictions: the card (as JSON
+with sorted keys and no spaces, without `base.path`, a machine-local hint) and every tensor (name,
+dtype, shape and bytes, in name order). A run directory and the model file `fedmed export --format
+fedmed` makes of it hash alike; the base checkpoint enters through its SHA-256 in the card.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +43,20 @@ class ModelBundle:
     card: ModelCard
     tensors: dict[str, torch.Tensor]
     source: Path
+
+
+def model_sha256(bundle: ModelBundle) -> str:
+    """The model's SHA-256 (hex) over its card and tensors, as the module docstring defines it."""
+    card = bundle.card.model_dump(mode="json")
+    if card.get("base"):
+        card["base"] = {k: v for k, v in card["base"].items() if k != "path"}
+    digest = hashlib.sha256(b"fedmed-model-sha256-v1\0")
+    digest.update(json.dumps(card, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(bundle.tensors):
+        tensor = bundle.tensors[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode() + b"\0")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _missing_card(run_dir: Path) -> BundleError:

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedmed import __version__
+from fedmed.data.dicom.scan import DicomSliceDataset
 from fedmed.data.folders2d import Folder2DDataset
 from fedmed.data.nifti import NiftiSliceDataset
 from fedmed.data.transforms import CT_WINDOW, MR_PERCENTILES
@@ -46,11 +47,12 @@ class Normalisation(_Frozen):
     """How the training data's intensities became SAM's 0..255 (as `fedmed.data` does it).
 
     `nifti`: CT through `ct_window` (HU), any other modality between the volume's `percentiles`;
-    `2d`: 8-bit pictures as they are, others between their own 0.5/99.5 percentiles; `synthetic`:
-    generated in 0..255. `channel` is the NIfTI image channel the model saw.
+    `dicom`: the same, chosen by each series' own Modality (`modality` is the training series' one,
+    empty if they differ); `2d`: 8-bit pictures as they are, others between their own 0.5/99.5
+    percentiles; `synthetic`: generated in 0..255. `channel` is the NIfTI image channel the model saw.
     """
 
-    source: Literal["synthetic", "2d", "nifti"]
+    source: Literal["synthetic", "2d", "nifti", "dicom"]
     modality: str = ""
     ct_window: tuple[float, float] = CT_WINDOW
     percentiles: tuple[float, float] = MR_PERCENTILES
@@ -123,6 +125,10 @@ def normalisation_of(site: SiteData) -> Normalisation:
     data = site.train
     if isinstance(data, NiftiSliceDataset):
         return Normalisation(source="nifti", modality=data.modality, ct_window=data.ct_window, channel=data.channel)
+    if isinstance(data, DicomSliceDataset):
+        modalities = {case.modality for case in data.cases}
+        return Normalisation(source="dicom", modality=modalities.pop() if len(modalities) == 1 else "",
+                             ct_window=data.ct_window)
     if isinstance(data, Folder2DDataset):
         return Normalisation(source="2d")
     return Normalisation(source="synthetic")

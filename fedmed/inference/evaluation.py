@@ -1,7 +1,8 @@
 """`fedmed evaluate`: score a trained model per case and class on a split of a dataset.
 
-A case is scored where it lives: a NIfTI volume on its own voxel grid (canonical orientation) with
-its spacing in mm, a picture at its own size in px, a synthetic picture at the size it is made.
+A case is scored where it lives: a NIfTI volume or DICOM series on its own voxel grid (canonical
+orientation) with its spacing in mm, a picture at its own size in px, a synthetic picture at the
+size it is made.
 Metrics per case and class are `fedmed.train.metrics.case_scores` (Dice, HD95, normalised surface
 Dice); means are over cases, then over classes. The prompt mode is `none` unless asked:
 `boxes` from a file, or `oracle-boxes` cut from the ground truth of every slice (only to compare
@@ -23,13 +24,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fedmed.data.dicom.labels import LabelError
+from fedmed.data.dicom.scan import DicomSliceDataset, read_labels
 from fedmed.data.folders2d import Folder2DDataset
 from fedmed.data.images2d import ReadError, read_mask
 from fedmed.data.nifti import NiftiSliceDataset, VolumeError, read_volume
 from fedmed.data.sites import load_sites
 from fedmed.data.transforms import mask_to_tensor
 from fedmed.inference.boxfile import BoxPrompts
-from fedmed.inference.inputs import InputCase, InputError, item_case, read_picture_case, read_volume_case
+from fedmed.inference.case import InputCase, InputError
+from fedmed.inference.dicom_inputs import series_case
+from fedmed.inference.inputs import item_case, read_picture_case, read_volume_case
 from fedmed.inference.predictor import Predictor
 from fedmed.train.metrics import case_scores
 from fedmed.train.prompts import boxes_from_masks
@@ -86,11 +91,14 @@ class ScoredCase:
 
 
 def case_names(site: EvalSite) -> list[str]:
-    """The names a box file may use for a site's cases: file names of pictures and volumes, case names."""
+    """The names a box file may use for a site's cases: file names of pictures and volumes, series folder
+    names, case names."""
     names = []
     for dataset in site.parts:
         if isinstance(dataset, NiftiSliceDataset):
             names += [c.image.name for c in dataset.cases] + [c.name for c in dataset.cases]
+        elif isinstance(dataset, DicomSliceDataset):
+            names += [c.series.files[0].parent.name for c in dataset.cases] + [c.name for c in dataset.cases]
         elif isinstance(dataset, Folder2DDataset):
             names += [image.name for image, _ in dataset.pairs]
         else:
@@ -108,6 +116,14 @@ def _cases(site: EvalSite, predictor: Predictor) -> Iterator[tuple[InputCase, np
                 try:
                     truth = dataset.classes.encode(np.round(read_volume(case.label)).astype(np.int64))
                 except (VolumeError, ValueError) as error:
+                    raise InputError(f"{case.label}: {error}") from None
+                yield image, truth
+        elif isinstance(dataset, DicomSliceDataset):
+            for case in dataset.cases:
+                image = series_case(case.series, case.modality, normalisation, name=case.name)
+                try:
+                    truth = read_labels(case, dataset.classes)
+                except LabelError as error:
                     raise InputError(f"{case.label}: {error}") from None
                 yield image, truth
         elif isinstance(dataset, Folder2DDataset):
@@ -137,11 +153,11 @@ def score_case(site: str, case: InputCase, truth: np.ndarray, prediction: np.nda
         raise InputError(f"{case.path or case.name}: ground truth {truth.shape} and image "
                          f"{prediction.shape} differ in shape")
     scores = case_scores(prediction, truth, len(class_names), spacing=case.spacing, tolerance=tolerance)
-    unit = "volume" if case.format == "nifti" else "image"
+    unit = "volume" if case.is_volume else "image"
     rows = [{"site": site, "case": case.name, "unit": unit, "class": name, "dice": s.dice, "hd95": s.hd95,
              "nsd": s.nsd} for name, s in zip(class_names[1:], scores)]
     k = 0
-    if case.format == "nifti":
+    if case.is_volume:
         k = int(np.argmax(((truth != prediction) | (truth > 0)).sum(axis=(0, 1))))
         truth, prediction = truth[:, :, k], prediction[:, :, k]
     return ScoredCase(site, case.name, rows, case.plane_pixels(k), truth, prediction)

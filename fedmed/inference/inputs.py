@@ -1,84 +1,57 @@
-"""Input cases for predict and evaluate: a 2D picture or a NIfTI volume, normalised as in training.
+"""Finding, checking and reading the inputs of predict and evaluate: pictures, NIfTI volumes, DICOM series.
 
 - Pictures (PNG, JPG, TIF, BMP, GIF) are read by `fedmed.data.images2d.read_image` (8-bit values as
   they are, others between their 0.5/99.5 percentiles); one slice [H, W].
 - NIfTI volumes are turned to the closest canonical (RAS) orientation with nibabel, as the data
   layer does, normalised by the model card (CT window or per-volume percentiles,
   `fedmed.data.transforms`), and cut into slices [X, Y] along the last axis; like the training
-  slices they are resized and rounded to 8 bits. `to_file_order` puts a canonical label volume
-  back into the file's own voxel order, so it shares the input's affine.
+  slices they are resized and rounded to 8 bits. `InputCase.to_file_order` puts a canonical label
+  volume back into the file's own voxel order, so it shares the input's affine.
+- DICOM series are folders, read by the data layer's DICOM reader (`fedmed.inference.dicom_inputs`).
 
-`check_inputs` reads only headers (channels, dimensions) and lists every bad file before any work.
+`find_inputs` lists a file, or the pictures and NIfTI files in a folder and the DICOM series at any
+depth under it; `check_inputs` reads only headers (channels, dimensions, a series' slices) and lists
+every bad file before any work.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
 import tifffile
-import torch
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from nibabel.orientations import apply_orientation, io_orientation
 from PIL import Image
+from pydicom.misc import is_dicom
 
 from fedmed.data.images2d import IMAGE_SUFFIXES, ReadError, read_image
 from fedmed.data.nifti import NIFTI_SUFFIXES
-from fedmed.data.transforms import ct_window, image_to_tensor, percentile_scale
+from fedmed.data.transforms import ct_window, percentile_scale
 from fedmed.inference.card import Normalisation
+from fedmed.inference.case import InputCase, InputError
+from fedmed.inference.dicom_inputs import read_series_case, series_folders, series_name, series_problems
 
 MAX_CHANNELS = 4  # gray, gray + alpha, RGB, RGBA: what `read_image` reads
 
 
-class InputError(ValueError):
-    """Input files predict cannot use; the message names every file and its problem."""
+@dataclass(frozen=True)
+class InputFile:
+    """One input `find_inputs` found: a picture or NIfTI file, or a DICOM series' folder, and its case name."""
 
-
-@dataclass
-class InputCase:
-    """One case: `pixels` float32 in 0..255, [H, W] or [H, W, 3] (picture) or [X, Y, Z] (canonical volume).
-
-    `spacing` is the canonical voxel size in mm (None for pictures); `nifti` the file's image (affine,
-    header, orientation) for writing the result back.
-    """
-
+    path: Path
     name: str
-    path: Path | None
-    format: Literal["image", "nifti"]
-    pixels: np.ndarray
-    spacing: tuple[float, ...] | None = None
-    nifti: Any = None  # nibabel.Nifti1Image or Nifti2Image of the input file
 
     @property
-    def num_slices(self) -> int:
-        return self.pixels.shape[2] if self.format == "nifti" else 1
-
-    @property
-    def plane(self) -> tuple[int, int]:
-        """The size of one slice (rows, columns)."""
-        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
-
-    def plane_pixels(self, k: int) -> np.ndarray:
-        """Slice `k` as [H, W] or [H, W, 3] in 0..255."""
-        return self.pixels[:, :, k] if self.format == "nifti" else self.pixels
-
-    def model_input(self, indices: range, size: int) -> torch.Tensor:
-        """Slices `indices` as SAM's input float32 [B, 3, size, size] in 0..255."""
-        batch = torch.stack([image_to_tensor(self.plane_pixels(k), size) for k in indices])
-        return batch.round() if self.format == "nifti" else batch  # NIfTI training slices are 8-bit
-
-    def to_file_order(self, labels: np.ndarray) -> np.ndarray:
-        """A canonical label volume [X, Y, Z] in the input file's own voxel order and shape."""
-        ornt = io_orientation(self.nifti.affine)
-        back = apply_orientation(labels, ornt_transform(axcodes2ornt("RAS"), ornt))
-        shape = self.nifti.shape
-        return back.reshape(shape if len(shape) < 4 or shape[3] == 1 else shape[:3])
+    def is_series(self) -> bool:
+        return self.path.is_dir()
 
 
 def case_name(path: Path) -> str:
-    """A file's name without its image or NIfTI suffix."""
+    """A file's name without its image or NIfTI suffix (a folder's: its name)."""
+    if path.is_dir():
+        return path.name
     for suffix in NIFTI_SUFFIXES:
         if path.name.endswith(suffix):
             return path.name[: -len(suffix)]
@@ -93,17 +66,21 @@ def is_picture(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def find_inputs(path: str | Path) -> list[Path]:
-    """The input file `path`, or the pictures and NIfTI files in the folder `path` (sorted)."""
+def find_inputs(path: str | Path) -> list[InputFile]:
+    """The input file `path`, or the pictures and NIfTI files in the folder `path` (sorted) and the DICOM
+    series in it or in folders at any depth under it."""
     path = Path(path)
     if path.is_file():
-        return [path]
+        return [InputFile(path, case_name(path))]
     if not path.is_dir():
         raise InputError(f"{path}: no such file or folder")
-    found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and (is_nifti(p) or is_picture(p)))
+    found = [InputFile(p, case_name(p)) for p in sorted(path.iterdir())
+             if p.is_file() and not p.name.startswith(".") and (is_nifti(p) or is_picture(p))]
+    found += [InputFile(folder, series_name(folder, path))
+              for folder in series_folders(path, skip=lambda p: is_nifti(p) or is_picture(p))]
     if not found:
-        raise InputError(f"{path}: no pictures ({', '.join(IMAGE_SUFFIXES)}) or NIfTI files (.nii, .nii.gz)")
+        raise InputError(f"{path}: no pictures ({', '.join(IMAGE_SUFFIXES)}), NIfTI files (.nii, .nii.gz) "
+                         "or DICOM series")
     return found
 
 
@@ -149,6 +126,8 @@ def input_problem(path: Path, *, channel: int | None = None) -> str | None:
             return f"not a 2D or 3D volume (shape {shape})"
         return None
     if not is_picture(path):
+        if is_dicom(path):
+            return f"a DICOM file: give the folder of its series ({path.parent}), which predict reads whole"
         return f"not a picture ({', '.join(IMAGE_SUFFIXES)}) or NIfTI file (.nii, .nii.gz)"
     try:
         channels, shape = _picture_channels(path)
@@ -160,16 +139,21 @@ def input_problem(path: Path, *, channel: int | None = None) -> str | None:
     return None
 
 
-def check_inputs(paths: list[Path]) -> None:
+def check_inputs(inputs: list[InputFile]) -> None:
     """Raise one InputError listing every unusable file (headers only) and clashing output names."""
-    problems = [f"{p}: {problem}" for p in paths if (problem := input_problem(p)) is not None]
+    problems = []
+    for item in inputs:
+        if item.is_series:
+            problems += series_problems(item.path)
+        elif (problem := input_problem(item.path)) is not None:
+            problems.append(f"{item.path}: {problem}")
     names: dict[str, Path] = {}
-    for p in paths:
-        if case_name(p) in names:
-            problems.append(f"{p}: same case name as {names[case_name(p)].name}; their outputs would collide")
-        names.setdefault(case_name(p), p)
+    for item in inputs:
+        if item.name in names:
+            problems.append(f"{item.path}: same case name as {names[item.name].name}; their outputs would collide")
+        names.setdefault(item.name, item.path)
     if problems:
-        raise InputError(f"{len(problems)} unusable input file(s):\n" + "\n".join(f"  - {p}" for p in problems))
+        raise InputError(f"{len(problems)} problem(s) with the inputs:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def _normalise_volume(volume: np.ndarray, normalisation: Normalisation) -> np.ndarray:
@@ -219,10 +203,12 @@ def read_picture_case(path: Path) -> InputCase:
     return InputCase(case_name(path), path, "image", pixels)
 
 
-def read_case(path: str | Path, normalisation: Normalisation) -> InputCase:
-    """A picture or NIfTI file as an input case."""
-    path = Path(path)
-    return read_volume_case(path, normalisation) if is_nifti(path) else read_picture_case(path)
+def read_case(source: str | Path | InputFile, normalisation: Normalisation) -> InputCase:
+    """A picture or NIfTI file, or a DICOM series' folder, as an input case."""
+    item = source if isinstance(source, InputFile) else InputFile(Path(source), case_name(Path(source)))
+    if item.is_series:
+        return read_series_case(item.path, normalisation, name=item.name)
+    return read_volume_case(item.path, normalisation) if is_nifti(item.path) else read_picture_case(item.path)
 
 
 def item_case(item: dict) -> InputCase:

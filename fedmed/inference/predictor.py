@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from fedmed.inference.bundle import ModelBundle, build_segmenter
-from fedmed.inference.inputs import InputCase
+from fedmed.inference.case import InputCase
 from fedmed.models.segmenter import predict_labels
 
 PromptMode = Literal["none", "boxes", "oracle-boxes"]
@@ -56,4 +56,4 @@ class Predictor:
             logits = self.model(images, *prompt).float()
             logits = F.interpolate(logits, size=case.plane, mode="bilinear", align_corners=False)
             out[:, :, indices.start:indices.stop] = predict_labels(logits).permute(1, 2, 0).cpu().numpy()
-        return out if case.format == "nifti" else out[:, :, 0]
+        return out if case.is_volume else out[:, :, 0]

@@ -29,14 +29,15 @@ def test_simulate_writes_metrics_plot_checkpoints_and_resumes(tmp_path):
     for record in metrics["rounds"]:
         assert set(record["sites"]) == {"site-0", "site-1", "site-2"} and "mean_dice" in record
         for site in record["sites"].values():
-            assert {"dice", "iou", "loss", "bytes_sent", "bytes_received"} <= set(site)
+            assert {"dice", "dice_per_class", "prompt", "loss", "cases", "bytes_sent", "bytes_received"} <= set(site)
+            assert site["prompt"] == "none" and 0.0 <= site["dice"] <= 1.0
             assert site["bytes_sent"] > 0 and site["bytes_received"] > site["bytes_sent"]
     assert (out / "dice.png").read_bytes().startswith(b"\x89PNG")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_1.pt", "round_2.pt"]
     final, meta = load_trainable(out / "final.pt")
     last, _ = load_trainable(out / "checkpoints" / "round_2.pt")
     assert meta["round"] == 2 and all(torch.equal(final[k], last[k]) for k in final)
-    assert json.loads((out / "config.json").read_text())["rounds"] == 2
+    assert json.loads((out / "config.json").read_text())["federation"]["rounds"] == 2
 
 
 @pytest.mark.e2e

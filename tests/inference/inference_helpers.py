@@ -25,6 +25,16 @@ def perturbed(model, scale: float = 0.02, seed: int = 1) -> dict[str, torch.Tens
             for name, tensor in trainable_state(model).items()}
 
 
+def thresholding(predictor, calls: list | None = None):
+    """Make a `Predictor`'s model call every bright input pixel foreground (class 1), recording its prompts."""
+    def forward(images, boxes=None, present=None):
+        if calls is not None:
+            calls.append((boxes, present))
+        return (images[:, :1] > 127).float() * 40 - 20
+    predictor.model.forward = forward
+    return predictor
+
+
 def tiny_config(method: str = "flap-sam", **changes) -> ModelConfig:
     return ModelConfig(**{"method": method, "checkpoint": str(builtin_checkpoint("tiny")), **changes})
 
@@ -55,14 +65,15 @@ def blob_volume(shape=(24, 10, 20), centre=(12, 5, 10), radii=(6, 3, 5)) -> tupl
     return image, inside.astype(np.uint8)
 
 
-def nifti_dataset(root: Path, cases: int = 3, affine: np.ndarray = AFFINE) -> Path:
-    """A Decathlon-layout CT dataset of `cases` volumes with a known affine (and so spacing)."""
+def nifti_dataset(root: Path, cases: int = 3, affine: np.ndarray = AFFINE, *, shift: int = 0) -> Path:
+    """A Decathlon-layout CT dataset of `cases` volumes with a known affine (and so spacing); `shift`
+    moves every blob along the first axis (sites of other data)."""
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "organ"},
                                                    "modality": {"0": "CT"}}))
     for i in range(cases):
-        image, label = blob_volume(centre=(10 + i, 5, 9 + i))
+        image, label = blob_volume(centre=(10 + i + shift, 5, 9 + i))
         nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"case{i}.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"case{i}.nii.gz")
     return root

@@ -108,6 +108,12 @@ def test_predict_and_evaluate_on_the_builtin_synthetic_data(tmp_path):
                        str(tmp_path / "pred"))
     assert predicted.exit_code == 0, predicted.output
     assert np.asarray(Image.open(tmp_path / "pred" / "scan.png")).shape == (50, 70)
+    predicted = invoke("predict", "--model", str(run), "--input", "synthetic", "--num-sites", "2",
+                       "--samples-per-site", "5", "--out", str(tmp_path / "pred"))
+    assert predicted.exit_code == 0, predicted.output
+    assert sorted(p.relative_to(tmp_path / "pred").as_posix() for p in (tmp_path / "pred").rglob("*.png")) == [
+        "scan.png", "site-0/0005.png", "site-1/0005.png"]  # the synthetic sites' test pictures
+    assert np.asarray(Image.open(tmp_path / "pred" / "site-1" / "0005.png")).shape == (32, 32)
     evaluated = invoke("evaluate", "--model", str(run), "--data", "synthetic", "--num-sites", "2",
                        "--samples-per-site", "5")
     assert evaluated.exit_code == 0, evaluated.output

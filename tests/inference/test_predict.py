@@ -18,19 +18,9 @@ from fedmed.inference import InputError, Normalisation, Predictor, predict_files
 from fedmed.inference.boxfile import BoxPrompts
 from fedmed.inference.inputs import read_case
 
-from inference_helpers import AFFINE, tiny_bundle
+from inference_helpers import AFFINE, thresholding, tiny_bundle
 
 CT = Normalisation(source="nifti", modality="CT")
-
-
-def thresholding(predictor: Predictor, calls: list | None = None) -> Predictor:
-    """Make the model call every bright input pixel foreground (class 1), recording its prompts."""
-    def forward(images, boxes=None, present=None):
-        if calls is not None:
-            calls.append((boxes, present))
-        return (images[:, :1] > 127).float() * 40 - 20
-    predictor.model.forward = forward
-    return predictor
 
 
 def _two_valued_volume(path, shape=(128, 5, 128), affine=AFFINE):

@@ -24,20 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from fedmed.data.classes import ClassMap, declared_classes
+from fedmed.data.dicom.files import Headers, one_series, read_headers
 from fedmed.data.dicom.labels import LabelError, read_nifti_labels, read_seg, referenced_series
-from fedmed.data.dicom.series import DicomSeries, check_series
+from fedmed.data.dicom.series import DicomSeries
 from fedmed.data.nifti import NIFTI_SUFFIXES, foreground_slices
-from fedmed.data.transforms import normalise
 from fedmed.data.types import DataError, DataFormat, DatasetIndex, DataProblem, LoadOptions, Progress
 from fedmed.data.volumes import VolumeCase, VolumeSliceDataset
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # a DICOMDIR: an index, no image
 IDENTIFYING = ("PatientID", "PatientName", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate", "StudyDate",
                "SeriesDate", "AcquisitionDate", "StudyID", "StudyInstanceUID", "SeriesInstanceUID")
 
@@ -65,35 +61,19 @@ def _files(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def _read_headers(root: Path, index: DatasetIndex) -> tuple[dict[Path, list[tuple[Path, Dataset]]], list]:
-    """Image headers by folder, and SEG headers; files that are not DICOM are noted, unreadable ones problems."""
-    folders: dict[Path, list[tuple[Path, Dataset]]] = {}
-    segs, other, ignored = [], 0, []
-    for path in _files(root / "dicom") + _files(root / "labels"):
-        if path.name.endswith(NIFTI_SUFFIXES):
-            continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError:
-            ignored.append(path)
-            continue
-        except Exception as exc:  # pydicom raises many kinds on a damaged file; all mean unreadable
-            index.problems.append(DataProblem(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})"))
-            continue
-        sop_class = str(ds.get("SOPClassUID", ""))
-        if sop_class == SEG_SOP_CLASS or str(ds.get("Modality", "")) == "SEG":
-            segs.append((path, ds))
-        elif sop_class == DIRECTORY_SOP_CLASS:
-            continue
-        elif "Rows" not in ds or path.is_relative_to(root / "labels"):
-            other += 1
-        else:
-            folders.setdefault(path.parent, []).append((path, ds))
-    if ignored:
-        index.notes.append(f"ignored {len(ignored)} files that are not DICOM (e.g. {ignored[0].name})")
+def _read_headers(root: Path, index: DatasetIndex) -> tuple[dict[Path, Headers], Headers]:
+    """Image headers by folder under dicom/, and SEG headers; files that are not DICOM are noted, unreadable
+    ones problems, images under labels/ counted with the other objects that are not SEGs."""
+    files = [p for p in _files(root / "dicom") + _files(root / "labels") if not p.name.endswith(NIFTI_SUFFIXES)]
+    found = read_headers(files)
+    index.problems += [DataProblem(path, text) for path, text in found.problems]
+    folders = {f: h for f, h in found.images.items() if not f.is_relative_to(root / "labels")}
+    other = len(found.other) + sum(len(h) for f, h in found.images.items() if f not in folders)
+    if found.not_dicom:
+        index.notes.append(f"ignored {len(found.not_dicom)} files that are not DICOM (e.g. {found.not_dicom[0].name})")
     if other:
         index.notes.append(f"ignored {other} DICOM objects that are neither images nor SEG (reports, states)")
-    return folders, segs
+    return folders, found.segs
 
 
 def _tokens(text: str) -> set[str]:
@@ -122,22 +102,13 @@ def patient_digest(key: bytes, ds: Dataset) -> str | None:
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
 
 
-def _series_case(root: Path, folder: Path, headers: list, key: bytes, index: DatasetIndex) -> DicomCase | None:
+def _series_case(root: Path, folder: Path, headers: Headers, key: bytes, index: DatasetIndex) -> DicomCase | None:
     """Check one folder's series; a case if it holds one series (`broken` if that has problems)."""
-    by_series: dict[str, list] = {}
-    for path, ds in headers:
-        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
-    if len(by_series) > 1:
-        firsts = ", ".join(sorted(group[0][0].name for group in by_series.values()))
-        index.problems.append(DataProblem(folder, (
-            f"mixed series: {len(by_series)} series in one folder (first files: {firsts}); "
-            "put each series in a folder of its own")))
-        return None
     if folder == root / "dicom":
         index.problems.append(DataProblem(folder, "DICOM images directly in dicom/: put each series in a "
                                                   "folder of its own (its path names the case)"))
         return None
-    ordered, problems = check_series(headers)
+    ordered, problems = one_series(folder, headers)
     index.problems += [DataProblem(path, text) for path, text in problems]
     if not ordered:
         return None
@@ -235,7 +206,7 @@ class DicomSliceDataset(VolumeSliceDataset):
 
     def read_case(self, case: DicomCase) -> tuple[np.ndarray, np.ndarray]:
         try:
-            image = normalise(case.series.read(), case.modality, ct_window_hu=self.ct_window)
+            image = case.series.image(case.modality, ct_window_hu=self.ct_window)
         except Exception as exc:  # pydicom's decoders raise many kinds; all mean unreadable here
             raise DataError([DataProblem(case.series.files[0].parent, f"unreadable series ({exc})")]) from exc
         try:

@@ -21,6 +21,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_rescale, get_decoder
 
+from fedmed.data.transforms import CT_WINDOW, normalise
+
 GAP_FACTOR = 1.5  # a step this many times the usual (smallest) slice distance means missing slices
 SPACING_TOLERANCE = 0.05  # relative: steps may differ from the usual one by this much
 ORIENTATION_TOLERANCE = 1e-4
@@ -200,6 +202,15 @@ class DicomSeries:
         shape = (self.columns, self.rows, len(self.files))
         return self.affine @ nib.orientations.inv_ornt_aff(self._ornt(), shape)
 
+    def canonical_spacing(self) -> tuple[float, float, float]:
+        """The voxel size (mm) along the axes of `canonical` arrays."""
+        return tuple(float(v) for v in np.linalg.norm(self.canonical_affine()[:3, :3], axis=0))
+
     def read(self) -> np.ndarray:
         """The series in Hounsfield units (or the modality's values), canonical [X, Y, Z] float32."""
         return self.canonical(self.native_hu())
+
+    def image(self, modality: str, *, ct_window_hu: tuple[float, float] = CT_WINDOW) -> np.ndarray:
+        """The series as training sees it: canonical [X, Y, Z] float32 in 0..255, CT through the window
+        `ct_window_hu`, any other `modality` between the volume's 0.5 and 99.5 percentiles."""
+        return normalise(self.read(), modality, ct_window_hu=ct_window_hu)
