@@ -2,9 +2,11 @@
 
     python benchmarks/comm.py                       # tiny and ViT-B shapes, every method
     python benchmarks/comm.py --archs tiny --no-round
+    python benchmarks/comm.py --recipe flap-sam     # the recipe's head (two classes)
 
 For each architecture and method, the messages of one plain round (no secure aggregation) are
-built as the federation builds them, from random float32 vectors of the method's trainable size,
+built as the federation builds them (with `--recipe`'s head, two classes), from random float32
+vectors of the method's trainable size,
 and measured with `fedmed.fl.wire.sizes.message_bytes` (what Flower serializes and ships, each object
 once):
 
@@ -48,28 +50,31 @@ from fedmed.fl.server.rounds import round_instructions  # noqa: E402
 from fedmed.fl.wire.layout import Layout, pack  # noqa: E402
 from fedmed.fl.wire.messages import CONFIG, EVALUATE, GLOBAL, LAYOUT_KEY, METRICS, TRAIN, UPDATE  # noqa: E402
 from fedmed.fl.wire.sizes import message_bytes  # noqa: E402
-from fedmed.models import METHODS, MethodOptions, apply_method, build_sam  # noqa: E402
+from fedmed.models import METHODS, ModelConfig, apply_method  # noqa: E402
+from fedmed.models.factory import prepared_sam  # noqa: E402
+from fedmed.recipes import RECIPES  # noqa: E402
 
 
 FIXED_BYTES = 2048
 
 
-def layout_of(arch: str, method: str) -> Layout:
-    """The method's trainable tensors (names, shapes) from the model built on the meta device."""
+def layout_of(arch: str, method: str, recipe: str = "default") -> Layout:
+    """The method's trainable tensors (names, shapes) as the recipe builds them (its head, image size and
+    LoRA rank; background + one class), from the model built on the meta device."""
     with torch.device("meta"):
-        sam = build_sam(arch)
-        names = apply_method(sam, method, MethodOptions())
+        sam, options, always_train = prepared_sam(ModelConfig.from_recipe(recipe, arch=arch, method=method))
+        names = apply_method(sam, method, options, always_train=always_train)
     params = dict(sam.named_parameters())
     return Layout.of({name: params[name] for name in names})
 
 
-def round_messages(arch: str, method: str, seed: int = 0) -> dict:
-    layout = layout_of(arch, method)
+def round_messages(arch: str, method: str, recipe: str = "default", seed: int = 0) -> dict:
+    layout = layout_of(arch, method, recipe)
     rng = np.random.default_rng(seed)
     vector = rng.standard_normal(layout.numel, dtype=np.float32)
     update = rng.standard_normal(layout.numel, dtype=np.float32) * 1e-3
-    instructions = round_instructions(make_plan(model={"arch": arch, "method": method}), 1, num_classes=2,
-                                      num_clients=3, run_id=os.urandom(16).hex())
+    plan = make_plan(model={"arch": arch, "method": method, "recipe": recipe}, privacy=PrivacySection(mode="none"))
+    instructions = round_instructions(plan, 1, num_classes=2, num_clients=3, run_id=os.urandom(16).hex())
     digest = layout.record()
 
     def size(content: RecordDict, message_type: str) -> int:
@@ -87,7 +92,7 @@ def round_messages(arch: str, method: str, seed: int = 0) -> dict:
     floor = layout.numel * 4
     overheads = {k: sizes[k] - floor for k in ("train_request", "train_reply", "evaluate_request")}
     return {
-        "arch": arch, "method": method, "tensors": len(layout.names), "trainable_params": layout.numel,
+        "arch": arch, "method": method, "recipe": recipe, "tensors": len(layout.names), "trainable_params": layout.numel,
         "floor_bytes": floor, **sizes,
         "up_bytes": sizes["train_reply"] + sizes["evaluate_reply"],
         "down_bytes": sizes["train_request"] + sizes["evaluate_request"],
@@ -114,11 +119,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", nargs="+", default=["tiny", "vit_b"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--recipe", default="default", choices=list(RECIPES), help="whose head the model has")
     parser.add_argument("--no-round", action="store_true", help="skip the in-process round check")
     args = parser.parse_args(argv)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     started = time.perf_counter()
-    results = [round_messages(arch, method) for arch in args.archs for method in args.methods]
+    results = [round_messages(arch, method, args.recipe) for arch in args.archs for method in args.methods]
     points = [(r["floor_bytes"], v) for r in results for v in r["overhead_bytes"].values()]
     slope, intercept = np.polyfit([p[0] for p in points], [p[1] for p in points], 1) if len(points) > 1 else (0, 0)
     report = {
@@ -131,7 +137,7 @@ def main(argv=None) -> None:
         "goal_met": all(r[k] <= 1.02 * r["floor_bytes"] + FIXED_BYTES
                         for r in results for k in ("train_request", "train_reply", "evaluate_request")),
     }
-    if not args.no_round and "tiny" in args.archs and "fedmsa" in args.methods:
+    if not args.no_round and "tiny" in args.archs and "fedmsa" in args.methods and args.recipe == "default":
         measured = measured_round()
         # The synthetic round's instructions name a 32 px model; the built messages the preset size.
         expected = next(r for r in results if r["arch"] == "tiny" and r["method"] == "fedmsa")

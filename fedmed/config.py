@@ -10,13 +10,22 @@ local training and the inserted modules, taken from `fedmed.train.TrainConfig` a
 `fedmed.models.MethodOptions`). README "Configuration" tables every key with its default.
 
     [federation]          name, rounds, min_clients, fraction_fit, seed
-    [model]               arch, method, image_size, lora_rank, lora_alpha, adapter_ratio, checkpoint, pretrained
-    [training]            local_epochs, lr, batch_size, weight_decay
+    [model]               arch, recipe, method, image_size, lora_rank, lora_alpha, adapter_ratio, checkpoint,
+                          pretrained
+    [training]            local_epochs, lr, batch_size, weight_decay, keep_optimizer_state
+    [strategy]            name, server_lr, server_momentum, beta_1, beta_2, tau, proximal_mu, trim_fraction,
+                          num_malicious
     [secure_aggregation]  enabled, threshold, clip, precision_bits, graph
     [privacy]             mode, epsilon, delta, noise_multiplier, max_grad_norm
     [server]              address, tls, certificate
 
 Relative paths (`model.checkpoint`, `server.certificate`) are relative to the config file.
+
+A recipe (`fedmed.recipes`) gives the defaults of the model's method, image size and LoRA rank
+and of training's lr, batch size, weight decay and whether sites keep their optimizer; a strategy
+(`fedmed.strategies`, `[strategy]`) the defaults of its own parameters. The config keeps what was written ("unset": the recipe's, the strategy's);
+the run plan and the instructions carry the resolved numbers (`ModelSpec`, `TrainingSection.resolved`,
+`StrategySection.resolved`), so every party works from the same concrete values.
 """
 
 from __future__ import annotations
@@ -24,11 +33,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fedmed.models import ARCH_PRESETS, METHODS, MethodOptions, ModelConfig
+from fedmed.recipes import RECIPES, get_recipe
+from fedmed.strategies import INDIVIDUAL_UPDATES, STRATEGY_PARAMETERS, StrategySection, resolve_strategy
 from fedmed.train import TrainConfig
 from policies import (
     PrivacySettings,
@@ -46,11 +57,13 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = ["ConfigError", "FederationConfig", "FederationSection", "ModelSection", "ModelSpec", "PrivacySection",
-           "SecureAggregationSection", "ServerSection", "TrainingSection", "load_federation_config",
-           "make_round_request"]
+           "STRATEGY_PARAMETERS", "SecureAggregationSection", "ServerSection", "StrategySection", "TrainingSection",
+           "load_federation_config", "make_round_request", "resolve_strategy", "resolve_training",
+           "strategy_problems"]
 
 Arch = Literal[tuple(ARCH_PRESETS)]  # type: ignore[valid-type]  # the presets' registry
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the methods' registry
+RecipeName = Literal[tuple(RECIPES)]  # type: ignore[valid-type]  # the recipes' registry
 DPMode = Literal["none", "sample", "client"]
 DEFAULT_EPSILON = 8.0  # a DP mode without a target: the strict policy's cap, spent over the planned rounds
 
@@ -91,13 +104,15 @@ class FederationSection(_Section):
 
 
 class _ModelShape(_Section):
-    """What fixes the model every party builds: architecture, method and the inserted modules' sizes."""
+    """What fixes the model every party builds: architecture, recipe, method and the inserted modules' sizes."""
 
     arch: Arch = "tiny"
-    method: Method = "fedmsa"
+    recipe: RecipeName = Field(default="default", description="how the model is built and trained (fedmed.recipes)")
+    method: Method | None = Field(default=None, description="default: the recipe's")
     image_size: int | None = Field(default=None, ge=16, multiple_of=min(a.patch_size for a in ARCH_PRESETS.values()),
-                                   description="default: the preset's own; a multiple of its patch size")
-    lora_rank: int = Field(default=MethodOptions.lora_rank, ge=1)
+                                   description="default: the recipe's for SAM's presets, else the preset's; a "
+                                               "multiple of its patch size")
+    lora_rank: int | None = Field(default=None, ge=1, description="default: the recipe's")
     lora_alpha: float | None = Field(default=MethodOptions.lora_alpha, gt=0, description="default: the rank (scale 1)")
     adapter_ratio: float = Field(default=MethodOptions.adapter_ratio, gt=0, le=1)
 
@@ -110,8 +125,9 @@ class _ModelShape(_Section):
 
     @property
     def size(self) -> int:
-        """The input size in px: `image_size`, else the preset's."""
-        return self.image_size or ARCH_PRESETS[self.arch].image_size
+        """The input size in px: `image_size`, else the recipe's for the preset, else the preset's."""
+        return (self.image_size or get_recipe(self.recipe).image_size_for(self.arch)
+                or ARCH_PRESETS[self.arch].image_size)
 
 
 class ModelSection(_ModelShape):
@@ -125,29 +141,61 @@ class ModelSection(_ModelShape):
 
 
 class ModelSpec(_ModelShape):
-    """The model as it travels to the sites: the shape, and the digest of the starting weights each
-    site checks its own copy against (None: random weights from the run seed)."""
+    """The model as it travels to the sites: the shape with the recipe's defaults resolved (method,
+    image size, LoRA rank: concrete numbers), and the digest of the starting weights each site
+    checks its own copy against (None: random weights from the run seed)."""
 
     checkpoint_sha256: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, data: Any) -> Any:
+        """Fill what was left to the recipe from it (an unknown recipe is left to the field's check)."""
+        if not isinstance(data, dict) or data.get("recipe", "default") not in RECIPES:
+            return data
+        recipe, arch = get_recipe(data.get("recipe", "default")), data.get("arch", "tiny")
+        values = {"method": recipe.method, "lora_rank": recipe.lora_rank, "image_size": recipe.image_size_for(arch)}
+        if values["image_size"] is None and arch in ARCH_PRESETS:
+            values["image_size"] = ARCH_PRESETS[arch].image_size
+        return {**data, **{key: value for key, value in values.items() if data.get(key) is None}}
 
     def build_config(self, *, num_classes: int, seed: int, checkpoint: str | None) -> ModelConfig:
         """What `fedmed.models.build_model` takes, with `checkpoint` the builder's own copy of the weights."""
         return ModelConfig(arch=self.arch, method=self.method, image_size=self.image_size, checkpoint=checkpoint,
                            lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, adapter_ratio=self.adapter_ratio,
-                           num_classes=num_classes, seed=seed)
+                           num_classes=num_classes, seed=seed, recipe=self.recipe)
 
 
 class TrainingSection(_Section):
-    """A site's local training in each round."""
+    """A site's local training in each round (unset numbers: the recipe's, `resolved`)."""
 
     local_epochs: int = Field(default=TrainConfig.epochs, ge=1)
-    lr: float = Field(default=TrainConfig.lr, gt=0, description="AdamW learning rate")
-    batch_size: int = Field(default=TrainConfig.batch_size, ge=1)
-    weight_decay: float = Field(default=TrainConfig.weight_decay, ge=0)
+    lr: float | None = Field(default=None, gt=0, description="the recipe optimizer's base lr; default: the recipe's")
+    batch_size: int | None = Field(default=None, ge=1, description="default: the recipe's")
+    weight_decay: float | None = Field(default=None, ge=0, description="default: the recipe's")
+    keep_optimizer_state: bool | None = Field(default=None, description="each site keeps its optimizer state and "
+                                                                        "schedule step across rounds; default: the "
+                                                                        "recipe's")
 
-    def train_config(self, *, seed: int, device: str) -> TrainConfig:
-        return TrainConfig(epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
-                           weight_decay=self.weight_decay, seed=seed, device=device)
+    def resolved(self, recipe: str) -> TrainingSection:
+        """This section with the numbers left unset taken from `recipe`."""
+        spec = get_recipe(recipe)
+        defaults = {"lr": spec.optimizer.lr, "batch_size": spec.batch_size, "weight_decay": spec.optimizer.weight_decay,
+                    "keep_optimizer_state": spec.keep_optimizer_state}
+        given = {key: value for key, value in defaults.items() if getattr(self, key) is None}
+        return self.model_copy(update=given) if given else self
+
+    def train_config(self, *, recipe: str, seed: int, device: str, total_steps: int | None = None) -> TrainConfig:
+        """The recipe's `TrainConfig` with this section's numbers (unset ones: the recipe's)."""
+        return TrainConfig.from_recipe(recipe, epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
+                                       weight_decay=self.weight_decay, seed=seed, device=device,
+                                       total_steps=total_steps)
+
+
+def resolve_training(training: TrainingSection, info: ValidationInfo) -> TrainingSection:
+    """Field validator of a `training` beside a `model` (declared before it): the model's recipe's numbers."""
+    model = info.data.get("model")
+    return training.resolved(model.recipe) if model is not None else training
 
 
 class SecureAggregationSection(_Section):
@@ -224,10 +272,35 @@ def aggregation_problems(federation: FederationSection, secure: SecureAggregatio
     return []
 
 
+def strategy_problems(recipe: str, training: TrainingSection, strategy: StrategySection,
+                      secure: SecureAggregationSection, privacy: PrivacySection) -> list[str]:
+    """Why this recipe, training and strategy cannot run with this aggregation and privacy (empty: they can)."""
+    problems = []
+    if strategy.individual_updates and secure.enabled:
+        fits = ", ".join(name for name in STRATEGY_PARAMETERS if name not in INDIVIDUAL_UPDATES)
+        problems.append(f"strategy {strategy.name!r} aggregates each site's own update, which secure aggregation "
+                        f"never shows the server (it unmasks only their sum): turn secure_aggregation off, or "
+                        f"choose one of {fits}")
+    if privacy.mode != "none" and recipe != "default":
+        problems.append(f"recipe {recipe!r} under differential privacy (privacy.mode = {privacy.mode!r}) is not "
+                        "supported yet: DP-SGD's per-sample route trains the default recipe's head and loss, and "
+                        "client-level DP keeps no optimizer state across rounds; use recipe 'default' or "
+                        "privacy.mode 'none'")
+    elif privacy.mode != "none" and training.resolved(recipe).keep_optimizer_state:
+        problems.append(f"training.keep_optimizer_state under differential privacy (privacy.mode = {privacy.mode!r}) "
+                        "is not supported yet: the DP routes make a new optimizer every round")
+    if privacy.mode == "sample" and strategy.resolved().mu > 0:
+        problems.append("fedprox's proximal term under DP-SGD (privacy.mode = 'sample') is not supported yet: "
+                        "the per-sample loss does not include it; use privacy.mode 'client' or 'none', or another "
+                        "strategy")
+    return problems
+
+
 class FederationConfig(_Section):
     federation: FederationSection = FederationSection()
     model: ModelSection = ModelSection()
     training: TrainingSection = TrainingSection()
+    strategy: StrategySection = StrategySection()
     secure_aggregation: SecureAggregationSection = SecureAggregationSection()
     privacy: PrivacySection = PrivacySection()
     server: ServerSection = ServerSection()
@@ -235,6 +308,8 @@ class FederationConfig(_Section):
     @model_validator(mode="after")
     def _aggregation_fits(self) -> FederationConfig:
         problems = aggregation_problems(self.federation, self.secure_aggregation)
+        problems += strategy_problems(self.model.recipe, self.training, self.strategy, self.secure_aggregation,
+                                      self.privacy)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -257,29 +332,32 @@ class FederationConfig(_Section):
 
         `num_clients` defaults to `federation.min_clients`, the smallest round the config allows.
         """
+        model = ModelSpec.model_validate(self.model.model_dump(exclude={"checkpoint", "pretrained"}))
         return make_round_request(
-            method=self.model.method, tensor_names=tensor_names, secure_aggregation=self.secure_aggregation,
-            training=self.training, privacy=self.privacy, server=self.server_info(simulation=simulation), round=round,
+            model=model, tensor_names=tensor_names, secure_aggregation=self.secure_aggregation,
+            training=self.training.resolved(model.recipe), strategy=self.strategy.resolved(), privacy=self.privacy,
+            server=self.server_info(simulation=simulation), round=round,
             num_clients=self.federation.min_clients if num_clients is None else num_clients,
             local_samples=local_samples, expected_bytes=expected_bytes)
 
 
-def make_round_request(*, method: str, tensor_names: Sequence[str], secure_aggregation: SecureAggregationSection,
-                       training: TrainingSection, privacy: PrivacySection, server: ServerInfo, round: int,
-                       num_clients: int, local_samples: int | None, expected_bytes: int | None) -> RoundRequest:
-    """A round's request as `policies` reads it, from the config's sections: the one mapping used by
-    a coordinator's `fedmed policy check` and by every site before it trains (`num_clients`: the
-    round's participants)."""
+def make_round_request(*, model: ModelSpec, tensor_names: Sequence[str], secure_aggregation: SecureAggregationSection,
+                       training: TrainingSection, strategy: StrategySection, privacy: PrivacySection,
+                       server: ServerInfo, round: int, num_clients: int, local_samples: int | None,
+                       expected_bytes: int | None) -> RoundRequest:
+    """A round's request as `policies` reads it, from the config's sections (resolved: `training`'s
+    numbers and `strategy`'s parameters set): the one mapping used by a coordinator's `fedmed policy
+    check` and by every site before it trains (`num_clients`: the round's participants)."""
     sa = secure_aggregation
     degree = sa.degree_for(num_clients)
     return RoundRequest(
-        round=round, method=method, tensor_names=tuple(tensor_names),
+        round=round, method=model.method, recipe=model.recipe, tensor_names=tuple(tensor_names),
         secure_aggregation=SecureAggregationSettings(
             enabled=sa.enabled, threshold=sa.threshold_for(num_clients) if sa.enabled else None,
             num_clients=num_clients, holders=num_clients if degree is None else degree + 1,
             weighting=sa.weighting if sa.enabled else None),
         training=TrainingSettings(lr=training.lr, local_epochs=training.local_epochs,
-                                  batch_size=training.batch_size),
+                                  batch_size=training.batch_size, proximal_mu=strategy.mu),
         dp=PrivacySettings(mode=privacy.mode, epsilon_target=privacy.epsilon, delta=privacy.delta,
                            noise_multiplier=privacy.noise_multiplier,
                            max_grad_norm=privacy.max_grad_norm if privacy.mode != "none" else None),

@@ -1,58 +1,101 @@
-"""Privacy/utility and cost over a grid of runs: DP targets (and no DP) x methods, one federation each.
+"""Privacy/utility, strategies and cost over a grid of runs, one whole federation each.
 
-    rows = run_sweep(SweepConfig(methods=("fedmsa", "samed"), epsilons=(None, 1.0, 8.0), rounds=3), out)
+    rows = run_sweep(SweepConfig(methods=("fedmsa",), strategies=("fedavg", "fedadam"), epsilons=(None,)), out)
 
-Every run is a whole federation through the real ClientApp and server loop, in this process (the
-in-process Grid: sites one after the other), each site under the sweep's policy with its audit log
-and its own privacy ledger. Writes, under `out`:
+The grid is methods x recipes x strategies x optimizer states x epsilon targets (DP-SGD; None for no
+DP), on the synthetic federation `data` ("synthetic" or "synthetic-noniid"). Every run is a whole
+federation through the real ClientApp and server loop, in this process (the in-process Grid: sites
+one after the other), each site under the sweep's policy with its audit log and its own privacy
+ledger. With `compare_centralized`, each method and recipe first trains one model on the union of
+the sites at equal epochs (rounds x local epochs, `fedmed.fl.launch.baseline`), validated as the
+rounds are: its own row (strategy "centralized"), and each federated row's `of_centralized` is its
+final Dice over that one. Every row has its wall time and the machine's load average while it ran.
+Writes, under `out`:
 
-    <method>-eps<e>/        one run directory each (metrics.json, dice.png, audit/, state/, ...)
+    <run name>/             one run directory each (metrics.json, dice.png, audit/, state/, ...)
     sweep.csv               one row per run (`ROW_FIELDS`)
-    dice_vs_epsilon.png     final Dice against the epsilon target, one line per method (no DP at the right)
-    bytes_per_round.png     bytes per round and site, uploaded and downloaded, per method
+    dice_vs_epsilon.png     final Dice against the epsilon target, one line per configuration
+    bytes_per_round.png     bytes per round and site, uploaded and downloaded, per configuration
 
-A run that fails (a site refuses, a round fails) is a row with its `error` and no Dice.
+A run that cannot be planned (a combination the plan refuses, with its reason) or that fails (a site
+refuses, a round fails) is a row with its `error` and no Dice.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fedmed.config import PrivacySection
+from pydantic import ValidationError
+
+from fedmed.config import STRATEGY_PARAMETERS, PrivacySection
+from fedmed.fl.launch.baseline import centralized_baseline
 from fedmed.fl.launch.inprocess import run_inprocess
 from fedmed.fl.launch.simulation import prepare_simulation, simulation_sites
-from fedmed.fl.plan import make_plan, override_privacy
+from fedmed.fl.plan import RunPlan, make_plan, override_privacy
 from fedmed.fl.server.plots import save_dice_plot
 from fedmed.fl.server.rounds import FederationError
 from fedmed.fl.server.run_dir import RunDir
+from fedmed.fl.site.runtime import load_site_data
+from fedmed.recipes import get_recipe
 from fedmed.sweep_plots import save_bytes_plot, save_dice_vs_epsilon
-from fedmed.train import TrainConfig
+from policies import validation_problems
 
-ROW_FIELDS = ("method", "epsilon_target", "epsilon_spent", "delta", "rounds", "final_dice", "first_dice",
-              "upload_bytes_per_site_round", "download_bytes_per_site_round", "bytes_per_round", "wall_s",
-              "status", "error", "run_dir")
+ROW_FIELDS = ("data", "label", "method", "recipe", "strategy", "optimizer_state", "epsilon_target", "epsilon_spent",
+              "delta", "rounds", "final_dice", "first_dice", "of_centralized", "upload_bytes_per_site_round",
+              "download_bytes_per_site_round", "bytes_per_round", "wall_s", "load", "status", "error", "run_dir")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of the grid besides its epsilon; None: the recipe's (method, optimizer state)."""
+
+    method: str | None = None
+    recipe: str = "default"
+    strategy: str = "fedavg"
+    optimizer_state: bool | None = None
+
+    @property
+    def label(self) -> str:
+        """E.g. `fedmsa`, `flap-sam-flap-sam-fedadam-kept`: what differs from the defaults, in order."""
+        parts = [self.method or get_recipe(self.recipe).method]
+        parts += [self.recipe] if self.recipe != "default" else []
+        parts += [self.strategy] if self.strategy != "fedavg" else []
+        parts += [] if self.optimizer_state is None else ["kept" if self.optimizer_state else "fresh"]
+        return "-".join(parts)
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """The grid and what every run shares. `epsilons`: DP-SGD targets over the run, None for no DP."""
+    """The grid and what every run shares. `epsilons`: DP-SGD targets over the run, None for no DP;
+    `optimizer_states`: True (kept across rounds), False (a new one each round), None (the recipe's);
+    `lr`, `batch_size`, `methods` entries None: the recipe's; `server_lr`, `proximal_mu` None: the
+    strategy's."""
 
-    methods: tuple[str, ...] = ("fedmsa", "flap-sam", "samed")
+    methods: tuple[str | None, ...] = ("fedmsa", "flap-sam", "samed")
     epsilons: tuple[float | None, ...] = (None, 1.0, 4.0, 8.0)
+    recipes: tuple[str, ...] = ("default",)
+    strategies: tuple[str, ...] = ("fedavg",)
+    optimizer_states: tuple[bool | None, ...] = (None,)
+    data: str = "synthetic"
+    compare_centralized: bool = False
     rounds: int = 3
+    local_epochs: int = 1
     sites: int = 3
     samples_per_site: int | None = None
     arch: str = "tiny"
     image_size: int | None = None
     pretrained: bool = True  # the preset's built-in weights (tiny has them); False: random weights
-    batch_size: int = TrainConfig.batch_size
-    lr: float = TrainConfig.lr
+    batch_size: int | None = None
+    lr: float | None = None
+    server_lr: float | None = None
+    proximal_mu: float | None = None
     max_grad_norm: float = PrivacySection().max_grad_norm
     delta: float = 1e-5  # the strict policy's cap (a site would otherwise take 1/N)
     dp_mode: str = "sample"
@@ -60,38 +103,78 @@ class SweepConfig:
     policy: str = "research"
     seed: int = 0
 
+    def variants(self) -> list[Variant]:
+        return [Variant(method, recipe, strategy, state) for method in self.methods for recipe in self.recipes
+                for strategy in self.strategies for state in self.optimizer_states]
 
-def run_name(method: str, epsilon: float | None) -> str:
-    return f"{method}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}"
+
+def run_name(variant: Variant, epsilon: float | None) -> str:
+    return f"{variant.label}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}"
 
 
-def plan_and_sites(config: SweepConfig, method: str, epsilon: float | None, out: Path):
-    """One run of the grid: its plan and its sites, assembled as `fedmed simulate` assembles them."""
+def make_run_plan(config: SweepConfig, variant: Variant, epsilon: float | None, out: Path) -> RunPlan:
+    """One run's plan, as `fedmed simulate` would make it (`ValueError` naming what cannot run together)."""
     privacy = override_privacy(PrivacySection(), mode="none" if epsilon is None else config.dp_mode, epsilon=epsilon,
                                max_grad_norm=config.max_grad_norm, delta=config.delta)
-    plan = make_plan(
+    parameters = {"server_lr": config.server_lr, "proximal_mu": config.proximal_mu}
+    return make_plan(
         federation={"name": out.name, "rounds": config.rounds, "seed": config.seed, "min_clients": min(2, config.sites)},
-        model={"arch": config.arch, "method": method, "image_size": config.image_size, "pretrained": config.pretrained},
-        training={"batch_size": config.batch_size, "lr": config.lr},
+        model={"arch": config.arch, "method": variant.method, "recipe": variant.recipe,
+               "image_size": config.image_size, "pretrained": config.pretrained},
+        training={"batch_size": config.batch_size, "lr": config.lr, "local_epochs": config.local_epochs,
+                  "keep_optimizer_state": variant.optimizer_state},
+        strategy={"name": variant.strategy, **{key: value for key, value in parameters.items()
+                                                if key in STRATEGY_PARAMETERS[variant.strategy]}},
         secure_aggregation={"enabled": config.secure_aggregation}, privacy=privacy,
         num_clients=config.sites, join_timeout=1, out=str(out))
-    sites = simulation_sites("synthetic", clients=config.sites, samples_per_site=config.samples_per_site)
-    return prepare_simulation(plan, sites, policy=config.policy)
 
 
-def run_one(config: SweepConfig, method: str, epsilon: float | None, out: Path,
+def _sites(config: SweepConfig):
+    return simulation_sites(config.data, clients=config.sites, samples_per_site=config.samples_per_site)
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def run_one(config: SweepConfig, variant: Variant, epsilon: float | None, out: Path,
             on_round: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """One federation of the grid, in-process; its row of `sweep.csv`."""
-    plan, sites = plan_and_sites(config, method, epsilon, out)
-    started, error = time.perf_counter(), None
+    started, load, error, metrics = time.perf_counter(), _load(), None, {}
     try:
+        plan, sites = prepare_simulation(make_run_plan(config, variant, epsilon, out), _sites(config),
+                                         policy=config.policy)
         metrics = run_inprocess(plan, sites, on_round=on_round)
+    except ValidationError as refused:  # the plan refuses the combination; nothing ran
+        error = "; ".join(validation_problems(refused))
     except FederationError as failure:
         metrics, error = RunDir(out).read_metrics(), str(failure)
     wall = time.perf_counter() - started
     if metrics.get("rounds"):
         save_dice_plot(metrics, out / "dice.png")
-    return summarize(metrics, method=method, epsilon=epsilon, wall_s=wall, error=error, run_dir=out)
+    row = summarize(metrics, method=variant.method or get_recipe(variant.recipe).method, epsilon=epsilon,
+                    wall_s=wall, error=error, run_dir=out)
+    return {**row, "data": config.data, "label": variant.label, "recipe": variant.recipe,
+            "strategy": variant.strategy, "optimizer_state": _state_name(variant, metrics),
+            "load": round((load + _load()) / 2, 1)}
+
+
+def _state_name(variant: Variant, metrics: dict) -> str:
+    kept = (metrics.get("plan") or {}).get("training", {}).get("keep_optimizer_state", variant.optimizer_state)
+    return "recipe's" if kept is None else "kept" if kept else "fresh"
+
+
+def run_centralized(config: SweepConfig, variant: Variant, out: Path) -> dict[str, Any]:
+    """The centralized baseline of `variant`'s method and recipe at equal epochs; its row."""
+    started, load = time.perf_counter(), _load()
+    plan = make_run_plan(config, replace(variant, strategy="fedavg", optimizer_state=None), None, out)
+    data = [load_site_data(site, image_size=plan.model.size) for site in _sites(config)]
+    result = centralized_baseline(plan, data, out)
+    return {"data": config.data, "label": f"{Variant(variant.method, variant.recipe).label}-centralized",
+            "method": plan.model.method, "recipe": variant.recipe, "strategy": "centralized",
+            "optimizer_state": "kept", "epsilon_target": "none", "rounds": result["epochs"],
+            "final_dice": result["dice"], "wall_s": round(time.perf_counter() - started, 1),
+            "load": round((load + _load()) / 2, 1), "status": "completed", "run_dir": str(out)}
 
 
 def summarize(metrics: dict, *, method: str, epsilon: float | None, wall_s: float, error: str | None,
@@ -118,21 +201,35 @@ def summarize(metrics: dict, *, method: str, epsilon: float | None, wall_s: floa
 
 def run_sweep(config: SweepConfig, out: str | Path, *, on_run: Callable[[dict], None] | None = None,
               on_round: Callable[[str, dict], None] | None = None) -> list[dict[str, Any]]:
-    """Every (method, epsilon) of the grid; writes the CSV and both plots as it goes (see the module doc)."""
+    """Every run of the grid (module docstring); writes the CSV and both plots as it goes."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for method in config.methods:
+    rows: list[dict[str, Any]] = []
+    centralized: dict[tuple, float | None] = {}
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        write_csv(rows, out / "sweep.csv")
+        if on_run:
+            on_run(row)
+
+    for variant in config.variants():
+        baseline = (variant.method, variant.recipe)
+        if config.compare_centralized and baseline not in centralized:
+            row = run_centralized(config, variant, out / f"{Variant(variant.method, variant.recipe).label}-centralized")
+            centralized[baseline] = row["final_dice"]
+            add(row)
         for epsilon in config.epsilons:
-            name = run_name(method, epsilon)
-            row = run_one(config, method, epsilon, out / name,
+            name = run_name(variant, epsilon)
+            row = run_one(config, variant, epsilon, out / name,
                           on_round=(lambda record, name=name: on_round(name, record)) if on_round else None)
-            rows.append(row)
-            write_csv(rows, out / "sweep.csv")
-            if on_run:
-                on_run(row)
-    save_dice_vs_epsilon(rows, out / "dice_vs_epsilon.png")
-    save_bytes_plot(rows, out / "bytes_per_round.png")
+            reference = centralized.get(baseline)
+            if reference and row["final_dice"] is not None:
+                row["of_centralized"] = round(row["final_dice"] / reference, 4)
+            add(row)
+    federated = [row for row in rows if row["strategy"] != "centralized"]
+    save_dice_vs_epsilon(federated, out / "dice_vs_epsilon.png")
+    save_bytes_plot(federated, out / "bytes_per_round.png")
     return rows
 
 
@@ -165,6 +262,19 @@ def parse_epsilons(text: str) -> tuple[float | None, ...]:
     if not values:
         raise ValueError("no epsilon given")
     return tuple(values)
+
+
+OPTIMIZER_STATES = {"recipe": None, "kept": True, "fresh": False}
+
+
+def parse_optimizer_states(text: str) -> tuple[bool | None, ...]:
+    """"recipe,kept,fresh" -> (None, True, False); ValueError naming a bad item."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [item for item in items if item not in OPTIMIZER_STATES]
+    if unknown or not items:
+        raise ValueError(f"optimizer state(s) {', '.join(unknown) or '(none given)'}: choose from "
+                         f"{', '.join(OPTIMIZER_STATES)}")
+    return tuple(OPTIMIZER_STATES[item] for item in items)
 
 
 def with_overrides(config: SweepConfig, **values: Any) -> SweepConfig:

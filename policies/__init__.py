@@ -31,11 +31,12 @@ from policies.messages import (
     TrainingSettings,
 )
 from policies.release import FIELDS, ReleaseRules, Treatment, bucket, reduce
-from policies.schema import METHODS, DPMode, Method, Policy
+from policies.schema import METHODS, RECIPES, DPMode, Method, Policy
 from policies.servers import normalize_fingerprint, pem_fingerprint
 
 __all__ = [
     "METHODS",
+    "RECIPES",
     "DPMode",
     "FIELDS",
     "ReleaseRules",

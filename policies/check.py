@@ -160,6 +160,10 @@ def check_round(policy: Policy, request: RoundRequest, *, epsilon_projected: flo
         out.append(Violation(rule="allowed_methods", field="method",
                              message=f"method '{request.method}' is not allowed; this site allows "
                                      f"{', '.join(policy.allowed_methods)}"))  # fmt: skip
+    if request.recipe not in policy.allowed_recipes:
+        out.append(Violation(rule="allowed_recipes", field="recipe",
+                             message=f"recipe '{request.recipe}' is not allowed; this site allows "
+                                     f"{', '.join(policy.allowed_recipes)}"))  # fmt: skip
     out += _tensors(policy, request.tensor_names, "tensor_names")
 
     sa, rules = request.secure_aggregation, policy.secure_aggregation

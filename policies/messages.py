@@ -98,6 +98,7 @@ class RoundRequest(_Message):
 
     round: int = Field(ge=0)
     method: str = Field(min_length=1)
+    recipe: str = Field(default="default", min_length=1)
     tensor_names: tuple[str, ...]
     secure_aggregation: SecureAggregationSettings
     dp: PrivacySettings

@@ -5,6 +5,7 @@ says otherwise, so a missing rule is an error rather than a silent "anything goe
 
     name, description (optional)
     allowed_methods          methods the site will train and send for: fedsam, fedmsa, flap-sam, samed
+    allowed_recipes          optional (default all); recipes the site will train by: default, flap-sam, fedfms
     min_local_samples        fewest local training examples a round may use (small rounds memorize)
     max_bytes_per_round      optional; cap on the bytes one round's update may carry (absent: no cap)
     [tensors]
@@ -53,7 +54,9 @@ from policies.servers import is_fingerprint_entry, normalize_fingerprint
 
 __all__ = [
     "METHODS",
+    "RECIPES",
     "Method",
+    "RecipeName",
     "DPMode",
     "Weighting",
     "Policy",
@@ -66,6 +69,8 @@ __all__ = [
 
 Method = Literal["fedsam", "fedmsa", "flap-sam", "samed"]
 METHODS: tuple[str, ...] = ("fedsam", "fedmsa", "flap-sam", "samed")
+RecipeName = Literal["default", "flap-sam", "fedfms"]
+RECIPES: tuple[str, ...] = ("default", "flap-sam", "fedfms")  # fedmed.recipes.RECIPES (a test keeps them equal)
 DPMode = Literal["none", "sample", "client"]
 Weighting = Literal["samples", "equal"]
 
@@ -158,6 +163,7 @@ class Policy(BaseModel):
     name: str = Field(min_length=1)
     description: str = ""
     allowed_methods: tuple[Method, ...] = Field(min_length=1)
+    allowed_recipes: tuple[RecipeName, ...] = Field(default=RECIPES, min_length=1)
     min_local_samples: int = Field(ge=1)
     max_bytes_per_round: int | None = Field(default=None, gt=0)
     tensors: TensorRules

@@ -138,3 +138,12 @@ def test_policies_name_the_methods_of_the_registry():
     from policies.schema import Method
 
     assert POLICY_METHODS == tuple(METHODS) and Method.__args__ == tuple(METHODS)
+
+
+def test_policies_name_the_recipes_of_the_registry():
+    """`policies` keeps its own list of recipe names too: the registry's."""
+    from fedmed.recipes import RECIPES
+    from policies import RECIPES as POLICY_RECIPES
+    from policies.schema import RecipeName
+
+    assert POLICY_RECIPES == tuple(RECIPES) and RecipeName.__args__ == tuple(RECIPES)

@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from fedmed.config import DEFAULT_EPSILON, ConfigError, FederationConfig, PrivacySection, load_federation_config
+from fedmed.config import (
+    DEFAULT_EPSILON,
+    STRATEGY_PARAMETERS,
+    ConfigError,
+    FederationConfig,
+    PrivacySection,
+    load_federation_config,
+)
 from fedmed.fl.plan import make_plan
+from fedmed.models import ARCH_PRESETS
+from fedmed.recipes import get_recipe
 from policies import check_round, load_policy, pem_fingerprint
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "federation.toml"
@@ -40,26 +49,49 @@ def test_the_example_loads():
     assert config.privacy.mode == "sample" and config.privacy.epsilon == 8.0
 
 
+def readme_rows() -> dict[str, tuple[str, str]]:
+    """`section.key` -> (default, meaning), from the README's "Configuration" table."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+\.[a-z_0-9]+)` \| `([^`]*)` \| (.*) \|$", readme, flags=re.MULTILINE)
+    return {key: (value, meaning) for key, value, meaning in rows}
+
+
 def readme_defaults() -> dict[str, object]:
     """`section.key` -> default, from the README's "Configuration" table (`unset` is None)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| `([^`]*)` \|", readme, flags=re.MULTILINE)
-    return {key: None if value == "unset" else tomllib.loads(f"v = {value}")["v"] for key, value in rows}
+    return {key: None if value == "unset" else tomllib.loads(f"v = {value}")["v"]
+            for key, (value, _meaning) in readme_rows().items()}
 
 
 def test_every_default_is_the_one_the_readme_documents():
-    """Each default is written once (fedmed.config, or the TrainConfig / MethodOptions it takes them
-    from): a config of nothing, a plan of nothing and the README's table must all say the same."""
+    """Each default is written once (fedmed.config, or the TrainConfig / MethodOptions / recipe it takes
+    them from): a config of nothing and the README's table say the same; the plan of nothing carries
+    the recipe's and the strategy's numbers where the config leaves them unset, and the README names them."""
     documented = readme_defaults()
     config = FederationConfig().model_dump(mode="json")
     actual = {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
     assert documented == actual
     plan = make_plan(FederationConfig()).model_dump(mode="json")
-    for section in ("federation", "training", "secure_aggregation", "privacy"):
+    for section in ("federation", "strategy", "secure_aggregation", "privacy"):
         assert plan[section] == config[section]
+    recipe = get_recipe(config["model"]["recipe"])
+    assert plan["training"] == {**config["training"], "lr": recipe.optimizer.lr, "batch_size": recipe.batch_size,
+                                "weight_decay": recipe.optimizer.weight_decay,
+                                "keep_optimizer_state": recipe.keep_optimizer_state}
     assert {k: v for k, v in plan["model"].items() if k != "checkpoint_sha256"} == {
-        k: v for k, v in config["model"].items() if k not in ("checkpoint", "pretrained")}
+        **{k: v for k, v in config["model"].items() if k not in ("checkpoint", "pretrained")},
+        "method": recipe.method, "lora_rank": recipe.lora_rank, "image_size": ARCH_PRESETS["tiny"].image_size}
     assert load_federation_config(write(Path(tempfile.mkdtemp()), "")).model_dump() == FederationConfig().model_dump()
+    meanings = {key: meaning for key, (_value, meaning) in readme_rows().items()}
+    for key, value in (("model.method", recipe.method), ("model.lora_rank", recipe.lora_rank),
+                       ("training.lr", recipe.optimizer.lr), ("training.batch_size", recipe.batch_size),
+                       ("training.weight_decay", recipe.optimizer.weight_decay),
+                       ("training.keep_optimizer_state", recipe.keep_optimizer_state)):
+        shown = f"`{value}`" if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else f"{value:g}"
+        assert f"`default`: {shown}" in meanings[key], key
+    for name, parameters in STRATEGY_PARAMETERS.items():
+        assert f"`{name}`" in meanings["strategy.name"]
+        for key, value in parameters.items():
+            assert f"{value:g}" in meanings[f"strategy.{key}"], (name, key)
 
 
 def test_every_problem_is_listed_with_its_field(tmp_path):
@@ -222,3 +254,72 @@ def test_configs_are_immutable():
     with pytest.raises(Exception, match="frozen"):
         config.federation.rounds = 100  # type: ignore[misc]
     assert isinstance(config, FederationConfig)
+
+
+def test_a_strategy_takes_only_its_own_parameters(tmp_path):
+    [problem] = problems(tmp_path, MINIMAL + '[strategy]\nname = "fedavg"\ntau = 0.1\n')
+    assert problem.startswith("strategy:") and "tau is not a parameter of strategy 'fedavg' (it takes no " \
+                                                 "parameters)" in problem
+    [problem] = problems(tmp_path, MINIMAL + '[strategy]\nname = "fedadam"\nproximal_mu = 0.1\nbeta_1 = 1.5\n')
+    assert problem.startswith("strategy.beta_1:")  # a bad value first; the foreign key once values are valid
+    [problem] = problems(tmp_path, MINIMAL + '[strategy]\nname = "sgd"\n')
+    assert problem.startswith("strategy.name:") and "'fedadam'" in problem
+
+
+def test_the_plan_carries_the_recipes_and_the_strategys_numbers_and_the_config_wins(tmp_path):
+    config = load_federation_config(write(tmp_path, MINIMAL + textwrap.dedent("""
+        [model]
+        recipe = "flap-sam"
+        [training]
+        batch_size = 6
+        [strategy]
+        name = "fedadam"
+        tau = 0.01
+        [privacy]
+        mode = "none"
+    """)))
+    assert config.training.lr is None and config.strategy.server_lr is None  # the config keeps what was written
+    plan = make_plan(config)
+    assert (plan.model.method, plan.model.lora_rank, plan.model.image_size) == ("flap-sam", 32, 128)  # tiny: 128
+    assert (plan.training.lr, plan.training.weight_decay, plan.training.batch_size) == (8e-4, 0.1, 6)
+    assert plan.training.keep_optimizer_state is True
+    assert (plan.strategy.server_lr, plan.strategy.beta_1, plan.strategy.beta_2, plan.strategy.tau) == (
+        STRATEGY_PARAMETERS["fedadam"]["server_lr"], 0.9, 0.99, 0.01)
+    other = make_plan(config, strategy={"name": "fedavgm"})  # another strategy: its own defaults, not fedadam's tau
+    assert (other.strategy.server_lr, other.strategy.server_momentum, other.strategy.tau) == (1.0, 0.9, None)
+    assert make_plan(config, strategy={"server_lr": 0.5}).strategy.tau == 0.01  # the same strategy keeps them
+    assert make_plan(config, model={"recipe": "fedfms"}).model.method == "fedmsa"
+
+
+def test_what_cannot_run_together_is_refused_with_the_reason(tmp_path):
+    [problem] = problems(tmp_path, MINIMAL + '[strategy]\nname = "krum"\n')
+    assert "strategy 'krum' aggregates each site's own update, which secure aggregation never shows the server" \
+        in problem
+    plain = MINIMAL + '[strategy]\nname = "krum"\n[secure_aggregation]\nenabled = false\n'
+    assert load_federation_config(write(tmp_path, plain)).strategy.name == "krum"
+    [problem] = problems(tmp_path, MINIMAL + '[model]\nrecipe = "fedfms"\n')  # DP-SGD by default
+    assert "recipe 'fedfms' under differential privacy (privacy.mode = 'sample') is not supported yet" in problem
+    [problem] = problems(tmp_path, MINIMAL + '[strategy]\nname = "fedprox"\n')
+    assert "fedprox's proximal term under DP-SGD" in problem
+    client = MINIMAL + '[strategy]\nname = "fedprox"\n[privacy]\nmode = "client"\n'
+    assert load_federation_config(write(tmp_path, client)).strategy.name == "fedprox"  # client DP: plain loss
+    [problem] = problems(tmp_path, MINIMAL + '[training]\nkeep_optimizer_state = true\n[privacy]\nmode = "client"\n')
+    assert "training.keep_optimizer_state under differential privacy" in problem
+
+
+def test_the_round_request_names_the_recipe_and_fedproxs_mu_for_the_sites_policy(tmp_path):
+    config = load_federation_config(write(tmp_path, MINIMAL + textwrap.dedent("""
+        [model]
+        recipe = "flap-sam"
+        [strategy]
+        name = "fedprox"
+        proximal_mu = 0.5
+        [privacy]
+        mode = "none"
+    """)))
+    request = config.round_request(NAMES)
+    assert request.recipe == "flap-sam" and request.method == "flap-sam" and request.training.proximal_mu == 0.5
+    assert request.training.lr == 8e-4 and request.training.batch_size == 24
+    narrow = load_policy("research").model_copy(update={"allowed_recipes": ("default",)})
+    narrow = narrow.model_copy(update={"training": narrow.training.model_copy(update={"proximal_mu": (0.0, 0.1)})})
+    assert sorted(v.rule for v in check_round(narrow, request)) == ["allowed_recipes", "training.proximal_mu"]

@@ -56,6 +56,7 @@ def describe(policy: Policy) -> list[tuple[str, str]]:
     cap = policy.max_bytes_per_round
     return [
         ("methods", ", ".join(policy.allowed_methods)),
+        ("recipes", ", ".join(policy.allowed_recipes)),
         ("tensors that may leave", "\n".join(policy.tensors.allow)),
         ("tensors that never leave", "\n".join(policy.tensors.deny) or "-"),
         ("secure aggregation", f"{'required' if sa.required else 'optional'}; "
@@ -102,16 +103,19 @@ def show(
         _out().print(table)
 
 
-def trainable_tensor_bytes(config: FederationConfig) -> dict[str, int]:
-    """Name -> bytes of each tensor the config's method sends, from the model built on torch's meta device."""
+def trainable_tensor_bytes(config: FederationConfig, *, num_classes: int = 2) -> dict[str, int]:
+    """Name -> bytes of each tensor the config's method sends with its recipe's head, from the model built
+    on torch's meta device. The sites' data fix `num_classes` (a recipe's head grows with it)."""
     import torch
 
-    from fedmed.models import MethodOptions, apply_method, build_sam
+    from fedmed.config import ModelSpec
+    from fedmed.models import apply_method
+    from fedmed.models.factory import prepared_sam
 
-    m = config.model
+    spec = ModelSpec.model_validate(config.model.model_dump(exclude={"checkpoint", "pretrained"}))
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        sam = build_sam(m.arch, image_size=m.image_size)
-        names = apply_method(sam, config.model.method, MethodOptions(m.lora_rank, m.lora_alpha, m.adapter_ratio))
+        sam, options, always_train = prepared_sam(spec.build_config(num_classes=num_classes, seed=0, checkpoint=None))
+        names = apply_method(sam, spec.method, options, always_train=always_train)
     params = dict(sam.named_parameters())
     return {name: params[name].numel() * params[name].element_size() for name in names}
 
@@ -158,7 +162,8 @@ def check(
         typer.echo(json.dumps(report, indent=2))
     else:
         out = _out()
-        out.print(Text(f"{config}: {fed.model.method} on {fed.model.arch}, {len(tensors)} tensors, "
+        recipe = f" ({request.recipe} recipe)" if request.recipe != "default" else ""
+        out.print(Text(f"{config}: {request.method}{recipe} on {fed.model.arch}, {len(tensors)} tensors, "
                        f"{_mib(request.expected_bytes or 0)} per site per round"))  # fmt: skip
         if violations:
             out.print(Text(f"A site with policy '{loaded.name}' would refuse this federation "

@@ -50,6 +50,9 @@ def server(
     out: Optional[Path] = typer.Option(None, help="run directory [default: runs/NAME/]"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last completed round"),
     rounds: Optional[int] = typer.Option(None, min=1, help="override federation.rounds"),
+    recipe: Optional[str] = typer.Option(None, help="override model.recipe: default, flap-sam or fedfms"),
+    strategy: Optional[str] = typer.Option(None, help="override strategy.name (its parameters: [strategy] of the "
+                                                      "config, else the strategy's defaults)"),
     holdout: Optional[str] = typer.Option(None, help="leave this site out of training, evaluate it (FedFMS)"),
     roster: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                           help="the enrolment roster (`fedmed enrol roster`); needed when the "
@@ -86,7 +89,8 @@ def server(
             fail("give the sites' public keys with --site-keys DIR (<site>.pub files); only they may join")
     num_clients = clients or len(keys) or federation.federation.min_clients
     try:
-        plan = make_plan(federation, federation={"rounds": rounds}, holdout=holdout, round_timeout=round_timeout,
+        plan = make_plan(federation, federation={"rounds": rounds}, model={"recipe": recipe},
+                         strategy={"name": strategy}, holdout=holdout, round_timeout=round_timeout,
                          join_timeout=join_timeout, num_clients=num_clients)
     except ValueError as error:
         fail(describe(error))
@@ -180,7 +184,7 @@ def _serve(plan, address: str, tls, keys: list[Path], *, resume: bool) -> None:
         coordinator.stop()
         done = RunDir(run_dir).completed_rounds()
         console.print(f"stopped on request after {len(done)} completed round{'s' * (len(done) != 1)}"
-                      + (f"; continue with the same command and --resume" if done else ""))
+                      + ("; continue with the same command and --resume" if done else ""))
         raise typer.Exit(ExitCode.OK) from None
     except BusyError as error:
         fail(escape(str(error)), code=ExitCode.BUSY)

@@ -17,7 +17,8 @@ console = Console()
 
 
 def train(
-    data: str = typer.Option("synthetic", help="'synthetic' or a dataset folder (one subfolder per site allowed)"),
+    data: str = typer.Option("synthetic", help="'synthetic', 'synthetic-noniid' or a dataset folder (one subfolder "
+                                               "per site allowed)"),
     recipe: str = typer.Option("default", help=f"how the model is built and trained: {', '.join(RECIPES)} "
                                                "(docs/methods.md)"),
     method: str = typer.Option(None, help="fedsam, fedmsa, flap-sam or samed [default: the recipe's]"),
@@ -36,8 +37,9 @@ def train(
     samples_per_site: int = typer.Option(80, min=2, help="images per site of the synthetic dataset"),
     out: Path = typer.Option(Path("runs/train"), help="writes metrics.json and trainable.pt here"),
 ) -> None:
-    """Train one model on the union of all sites' data; report validation Dice, IoU, HD95 per site."""
+    """Train one model on the union of all sites' data; report validation Dice per site and class."""
     from fedmed.data import DataError, load_sites
+    from fedmed.data.synthetic import SYNTHETIC_DATA
     from fedmed.models import CheckpointError, ModelConfig
     from fedmed.models.pretrained import BuiltinWeightsError, starting_checkpoint
     from fedmed.train import TrainConfig
@@ -47,7 +49,8 @@ def train(
         model_config = ModelConfig.from_recipe(recipe, arch=arch, method=method, image_size=image_size,
                                                lora_rank=lora_rank, seed=seed)
         train_config = TrainConfig.from_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-        synthetic = {"num_sites": num_sites, "samples_per_site": samples_per_site} if data == "synthetic" else {}
+        synthetic = ({"num_sites": num_sites, "samples_per_site": samples_per_site} if data in SYNTHETIC_DATA
+                     else {})
         sites = load_sites(data, image_size=model_config.image_size or _preset_size(arch), data_seed=seed, **synthetic)
         start = starting_checkpoint(arch, checkpoint, pretrained=not random_init)
     except (DataError, BuiltinWeightsError, UnknownRecipeError) as error:
@@ -58,7 +61,7 @@ def train(
 
     def report_epoch(epoch: int, record: dict) -> None:
         val = record["val"]
-        console.print(f"epoch {epoch}: train loss {record['train_loss']:.3f}, val Dice {val['dice']:.3f}, IoU {val['iou']:.3f}")
+        console.print(f"epoch {epoch}: train loss {record['train_loss']:.3f}, val Dice {val['dice']:.3f}")
 
     try:
         with step_progress(f"{model_config.method} ({recipe}) on {arch}", steps) as on_step:
@@ -77,11 +80,12 @@ def _preset_size(arch: str) -> int:
 
 
 def _print_final(metrics: dict) -> None:
-    table = Table(title="final validation")
-    for column in ("site", "Dice", "IoU", "HD95 (px)", "samples"):
+    sites = metrics["final"]["sites"]
+    classes = list(next(iter(sites.values()))["per_class"]) if sites else []
+    table = Table(title="final validation (no prompt; Dice per case, then per class)")
+    for column in ("site", "Dice", *classes, "cases"):
         table.add_column(column)
-    for site, m in metrics["final"]["sites"].items():
-        table.add_row(site, f"{m['dice']:.3f}", f"{m['iou']:.3f}", f"{m['hd95']:.1f}", str(m["samples"]))
-    final = metrics["final"]
-    table.add_row("mean", f"{final['dice']:.3f}", f"{final['iou']:.3f}", f"{final['hd95']:.1f}", "")
+    for site, m in sites.items():
+        table.add_row(site, f"{m['dice']:.3f}", *(f"{m['per_class'][c]:.3f}" for c in classes), str(m["cases"]))
+    table.add_row("mean", f"{metrics['final']['dice']:.3f}", *([""] * len(classes)), "")
     console.print(table)

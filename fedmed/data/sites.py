@@ -7,10 +7,9 @@ from pathlib import Path
 
 from fedmed.data.check import TEST_FRACTION, VAL_FRACTION, SiteScan, scan_data
 from fedmed.data.split import SIDES, settle_split, split_file_for
-from fedmed.data.synthetic import make_synthetic_sites
+from fedmed.data.synthetic import SYNTHETIC_DATA, make_synthetic_sites
 from fedmed.data.types import DataError, LoadOptions, SiteData
 
-SYNTHETIC = "synthetic"
 SYNTHETIC_OPTIONS = {"samples_per_site", "num_classes"}
 FOLDER_OPTIONS = {"drop_empty", "empty_keep_fraction", "ct_window", "channel"}
 
@@ -35,8 +34,9 @@ def load_sites(data: str | Path, *, image_size: int = 128, split_dir: str | Path
                **options) -> list[SiteData]:
     """The sites of a federation, each split at patient level into train, val and test.
 
-    `data` is "synthetic" (the built-in federation of `num_sites` sites, generated from `data_seed`,
-    split by picture number; options `samples_per_site`, `num_classes`), one dataset folder (one
+    `data` is "synthetic" or "synthetic-noniid" (the built-in federations of `num_sites` sites,
+    `fedmed.data.synthetic`, generated from `data_seed`, split by picture number; options
+    `samples_per_site`, `num_classes`), one dataset folder (one
     site named after it) or a folder of dataset folders (one site each, sorted). Folders are checked
     whole first: any problem raises `DataError` listing all. A folder site's split is the dataset's
     own (`splits.json`, nnU-Net `splits_final.json`) or the one kept in `split_dir` (drawn with a
@@ -47,7 +47,7 @@ def load_sites(data: str | Path, *, image_size: int = 128, split_dir: str | Path
     if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
         raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
                          "and leave some data for training")
-    synthetic = str(data) == SYNTHETIC
+    synthetic = str(data) in SYNTHETIC_DATA
     allowed = SYNTHETIC_OPTIONS if synthetic else FOLDER_OPTIONS
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -55,7 +55,7 @@ def load_sites(data: str | Path, *, image_size: int = 128, split_dir: str | Path
         raise TypeError(f"unknown options for {kind}: {unknown}; known: {sorted(allowed)}")
     if synthetic:
         return make_synthetic_sites(num_sites, seed=data_seed, image_size=image_size, val_fraction=val_fraction,
-                                    test_fraction=test_fraction, **options)
+                                    test_fraction=test_fraction, profile=SYNTHETIC_DATA[str(data)], **options)
     load = LoadOptions(image_size=image_size, data_seed=data_seed, **options)
     scan = scan_data(Path(data), channel=load.channel, progress=progress, split_dir=split_dir,
                      val_fraction=val_fraction, test_fraction=test_fraction)

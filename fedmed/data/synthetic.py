@@ -10,6 +10,12 @@ a fainter decoy blob the size of a structure. Classes (up to 4):
 Sample i of site k depends only on (seed, k, i), so it is generated lazily and the same everywhere.
 The seed is the site's own data setting (default 0), never a server's; the split is by picture
 number, so it follows from the seed too. Each picture is its own patient.
+
+Two federations by name (`SYNTHETIC_DATA`, the `--data` values): `synthetic`, whose sites differ
+as scanners of one kind do, and `synthetic-noniid`, strongly non-IID as different scanners and
+populations are: the same scanner profiles, but every other site sees tissue with its contrast
+inverted (organs dark on bright tissue, as T1 against T2, the air outside the body dark in both),
+and structure size, elongation and outline irregularity spread wider.
 """
 
 from __future__ import annotations
@@ -26,6 +32,15 @@ from fedmed.data.types import Case, CaseDataset, SiteData, SplitInfo
 
 CLASS_NAMES = ("background", "organ", "lesion", "cyst")
 REFERENCE_SIZE = 128  # px; sizes below are given at this size and scale with image_size
+SYNTHETIC_DATA = {"synthetic": "default", "synthetic-noniid": "noniid"}  # `--data` name -> profile set
+_SCANNERS = {"gamma": (0.7, 1.4), "gain": (0.75, 1.0), "bias": (0.1, 0.35), "noise": (0.025, 0.07),
+             "blur": (0.3, 1.2), "downsample": (1.0, 2.0)}
+# Each profile set's spreads over the sites (low, high): the same scanners, anatomy spread wider in
+# "noniid" (where every other site also inverts contrast, `site_profiles`).
+_SPREADS = {
+    "default": {**_SCANNERS, "radius": (0.095, 0.14), "irregularity": (0.05, 0.3), "elongation": (1.0, 1.6)},
+    "noniid": {**_SCANNERS, "radius": (0.075, 0.16), "irregularity": (0.03, 0.45), "elongation": (1.0, 2.2)},
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,7 @@ class SiteProfile:
     irregularity: float  # relative wobble of the outlines
     elongation: float  # largest axis ratio of the structures
     max_count: int  # 1..3 structures a picture
+    invert: bool = False  # tissue contrast inverted (the body's inside; the air outside stays dark)
 
 
 def _spread(rng: np.random.Generator, lo: float, hi: float, k: int) -> np.ndarray:
@@ -51,23 +67,20 @@ def _spread(rng: np.random.Generator, lo: float, hi: float, k: int) -> np.ndarra
     return rng.permutation(np.linspace(lo, hi, k) if k > 1 else np.array([(lo + hi) / 2]))
 
 
-def site_profiles(num_sites: int, seed: int = 0) -> list[SiteProfile]:
-    """The scanner and anatomy profiles of `num_sites` sites."""
+def site_profiles(num_sites: int, seed: int = 0, profile: str = "default") -> list[SiteProfile]:
+    """The scanner and anatomy profiles of `num_sites` sites, from the profile set `profile`
+    ("default", or "noniid": wider spreads, and every other site, site-1 first, inverts contrast)."""
     if num_sites < 1:
         raise ValueError(f"num_sites must be at least 1, not {num_sites}")
+    if profile not in _SPREADS:
+        raise ValueError(f"unknown synthetic profile {profile!r}; choose one of {sorted(_SPREADS)}")
     rng = np.random.default_rng([seed, 7919])
     k = num_sites
-    cols = {
-        "gamma": _spread(rng, 0.7, 1.4, k), "gain": _spread(rng, 0.75, 1.0, k),
-        "bias": _spread(rng, 0.1, 0.35, k), "noise": _spread(rng, 0.025, 0.07, k),
-        "blur": _spread(rng, 0.3, 1.2, k), "downsample": _spread(rng, 1.0, 2.0, k),
-        "radius": _spread(rng, 0.095, 0.14, k), "irregularity": _spread(rng, 0.05, 0.3, k),
-        "elongation": _spread(rng, 1.0, 1.6, k),
-    }
+    cols = {key: _spread(rng, low, high, k) for key, (low, high) in _SPREADS[profile].items()}
     counts = rng.permutation([1 + i % 3 for i in range(k)])
     return [
         SiteProfile(name=f"site-{i}", rician=bool(i % 2), max_count=int(counts[i]),
-                    **{key: float(v[i]) for key, v in cols.items()})
+                    invert=profile == "noniid" and bool(i % 2), **{key: float(v[i]) for key, v in cols.items()})
         for i in range(k)
     ]
 
@@ -139,6 +152,8 @@ def _tissue(p: SiteProfile, rng: np.random.Generator, size: int, num_classes: in
                 iwin, idist = add(inner_c, r * rng.uniform(0.3, 0.5), -0.2, 0.03, aspect=rng.uniform(1.0, 1.4),
                                   irregularity=0.25, cut=organ)
                 label[iwin][idist < 0] = 2
+    if p.invert:  # inside the body, bright becomes dark: 0.9 - value (tissue ~0.56, organs ~0.26)
+        img = 0.04 + body * np.clip(0.9 - img, 0.0, None)
     return np.clip(img, 0.0, 1.0), label
 
 
@@ -191,13 +206,14 @@ class SyntheticDataset(CaseDataset):
 
 
 def make_synthetic_sites(num_sites: int = 3, *, seed: int = 0, image_size: int = 128, samples_per_site: int = 80,
-                         num_classes: int = 2, val_fraction: float = 0.2, test_fraction: float = 0.2
-                         ) -> list[SiteData]:
+                         num_classes: int = 2, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                         profile: str = "default") -> list[SiteData]:
     """The synthetic federation: `num_sites` sites of `samples_per_site` pictures to train and validate
     on (the last `val_fraction` of them validate), plus `test_fraction * samples_per_site` test
     pictures numbered after them (generated only when read, so they change nothing else).
 
-    `num_classes` is 2 (organ vs background), 3 (+ lesion inside organs) or 4 (+ cysts).
+    `num_classes` is 2 (organ vs background), 3 (+ lesion inside organs) or 4 (+ cysts); `profile`
+    the sites' profile set (`site_profiles`).
     """
     if not 2 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"synthetic data has 2 to {len(CLASS_NAMES)} classes, not {num_classes}")
@@ -211,10 +227,10 @@ def make_synthetic_sites(num_sites: int = 3, *, seed: int = 0, image_size: int =
     counts = {side: len(r) for side, r in ranges.items()}
     split = SplitInfo(f"synthetic: by picture number, from the data seed {seed}", counts, counts)
     sites = []
-    for k, profile in enumerate(site_profiles(num_sites, seed)):
+    for k, site in enumerate(site_profiles(num_sites, seed, profile)):
         common = dict(seed=seed, image_size=image_size, num_classes=num_classes)
         sites.append(SiteData(
-            name=profile.name, **{side: SyntheticDataset(profile, k, r, **common) for side, r in ranges.items()},
+            name=site.name, **{side: SyntheticDataset(site, k, r, **common) for side, r in ranges.items()},
             num_classes=num_classes, class_names=list(CLASS_NAMES[:num_classes]), split=split,
         ))
     return sites

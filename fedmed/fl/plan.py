@@ -1,10 +1,12 @@
 """The run plan: everything a federated run is, fixed before round 1 and saved as `DIR/config.json`.
 
     plan = make_plan(load_federation_config("federation.toml"), out="runs/x", federation={"rounds": 3})
-    plan = make_plan(model={"method": "samed"}, privacy=PrivacySection(mode="none"), out="runs/y")
+    plan = make_plan(model={"recipe": "flap-sam"}, strategy={"name": "fedadam"}, privacy=PrivacySection(mode="none"))
 
-A plan is the federation config's sections as they are (`fedmed.config`: federation, model,
-training, secure aggregation, privacy) plus what only the coordinator knows: its copy of the
+A plan is the federation config's sections (`fedmed.config`: federation, model, training, strategy,
+secure aggregation, privacy) with every number resolved (the recipe's method, image size, LoRA
+rank, lr, batch size and weight decay; the strategy's parameters), so the plan, and every round's
+instructions made from it, carry concrete values, plus what only the coordinator knows: its copy of the
 starting weights, the sites it expects, timeouts, the roster and the run directory. The server
 sends each site the sections of a round (`fedmed.fl.wire.instructions`); data paths, policies and
 devices never travel: each site takes them from its own command line.
@@ -18,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedmed.config import (
     FederationConfig,
@@ -27,8 +29,12 @@ from fedmed.config import (
     ModelSpec,
     PrivacySection,
     SecureAggregationSection,
+    StrategySection,
     TrainingSection,
     aggregation_problems,
+    resolve_strategy,
+    resolve_training,
+    strategy_problems,
 )
 from fedmed.models.pretrained import file_sha256, starting_checkpoint
 
@@ -43,7 +49,8 @@ class RunPlan(BaseModel):
 
     federation: FederationSection = FederationSection()
     model: ModelSpec = ModelSpec()
-    training: TrainingSection = TrainingSection()
+    training: TrainingSection = Field(default=TrainingSection(), validate_default=True)
+    strategy: StrategySection = Field(default=StrategySection(), validate_default=True)
     secure_aggregation: SecureAggregationSection = SecureAggregationSection()
     privacy: PrivacySection = PrivacySection()
     checkpoint: str | None = Field(default=None, description="the server's copy of the starting weights "
@@ -56,9 +63,14 @@ class RunPlan(BaseModel):
                                                          "(secure aggregation)")
     out: str = "runs/fedmed"
 
+    _training_of_recipe = field_validator("training")(resolve_training)
+    _strategy_parameters = field_validator("strategy")(resolve_strategy)
+
     @model_validator(mode="after")
     def _consistent(self) -> RunPlan:
         problems = aggregation_problems(self.federation, self.secure_aggregation)
+        problems += strategy_problems(self.model.recipe, self.training, self.strategy, self.secure_aggregation,
+                                      self.privacy)
         if (self.checkpoint is None) != (self.model.checkpoint_sha256 is None):
             problems.append("checkpoint and model.checkpoint_sha256 come together (make_plan sets both)")
         if problems:
@@ -118,15 +130,24 @@ def override_privacy(section: PrivacySection, *, mode: str | None = None, epsilo
     return PrivacySection.model_validate(values)
 
 
+def _strategy(current: StrategySection, given: dict[str, Any]) -> StrategySection:
+    """The config's strategy with overrides; another strategy's name drops the config's parameters."""
+    if given.get("name", current.name) != current.name:
+        return StrategySection.model_validate(given)
+    return StrategySection.model_validate({**current.model_dump(), **given})
+
+
 def make_plan(config: FederationConfig | None = None, *, federation: dict[str, Any] | None = None,
               model: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
-              secure_aggregation: dict[str, Any] | None = None, privacy: PrivacySection | None = None,
+              strategy: dict[str, Any] | None = None, secure_aggregation: dict[str, Any] | None = None, privacy: PrivacySection | None = None,
               **run: Any) -> RunPlan:
     """A plan from a validated `federation.toml` (or the defaults), with overrides on top.
 
     Section overrides are dicts of the section's keys (None: "not given", as CLI options are);
     `privacy` replaces the whole section (`override_privacy` makes one from options); `run` sets
-    the plan's own fields (out, num_clients, holdout, ...). Without a checkpoint the model starts
+    the plan's own fields (out, num_clients, holdout, ...). A strategy override that names another
+    strategy starts from that strategy's defaults (the config's parameters were for its own). The
+    recipe's and the strategy's defaults fill what is left unset. Without a checkpoint the model starts
     from the preset's built-in weights (`fedmed.models.pretrained`) unless `pretrained` is false;
     a checkpoint gets its SHA-256, which sites check their copy by.
     """
@@ -143,6 +164,7 @@ def make_plan(config: FederationConfig | None = None, *, federation: dict[str, A
     return RunPlan(
         federation=section(FederationSection, config.federation, federation), model=spec,
         training=section(TrainingSection, config.training, training),
+        strategy=_strategy(config.strategy, _given(strategy)),
         secure_aggregation=section(SecureAggregationSection, config.secure_aggregation, secure_aggregation),
         privacy=privacy or config.privacy, checkpoint=checkpoint, **_given(run),
     )

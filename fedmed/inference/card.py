@@ -5,7 +5,7 @@
 A run directory (`fedmed simulate`, `fedmed server`, `fedmed train`) holds the trainable tensors
 (`final.pt` or `trainable.pt`) and the run plan, but not the facts of the data the model learnt
 from: the class names and how intensities were normalised. `DIR/model_card.json` adds them, with
-the model's shape (arch, method, image size, LoRA rank/alpha, adapter ratio, seed), the prompt it
+the model's shape (arch, recipe, method, image size, LoRA rank/alpha, adapter ratio, seed), the prompt it
 trained with, and the SHA-256 of the base SAM checkpoint (or of fedmed's built-in weights, found
 again by that hash), so predict needs no other flag.
 """
@@ -28,6 +28,7 @@ from fedmed.data.types import SiteData
 from fedmed.io import write_json
 from fedmed.models import DEFAULT_PROMPT, ModelConfig, arch_spec, get_method
 from fedmed.models.pretrained import file_sha256, find_builtin
+from fedmed.recipes import get_recipe
 from policies import validation_problems
 
 CARD_FILE = "model_card.json"
@@ -76,6 +77,7 @@ class ModelCard(_Frozen):
 
     format: Literal["fedmed-model-card-v1"] = CARD_FORMAT
     arch: str
+    recipe: str = Field(default="default", description="the recipe that built the model's head (fedmed.recipes)")
     method: str
     image_size: int = Field(ge=16)
     lora_rank: int = Field(default=4, ge=1)
@@ -101,6 +103,12 @@ class ModelCard(_Frozen):
         get_method(value)
         return value
 
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, value: str) -> str:
+        get_recipe(value)
+        return value
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -109,7 +117,7 @@ class ModelCard(_Frozen):
         """The `fedmed.models` config that builds this model (before its tensors are loaded)."""
         return ModelConfig(arch=self.arch, method=self.method, image_size=self.image_size, checkpoint=checkpoint,
                            lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, adapter_ratio=self.adapter_ratio,
-                           num_classes=self.num_classes, prompt=prompt, seed=self.seed)
+                           num_classes=self.num_classes, prompt=prompt, seed=self.seed, recipe=self.recipe)
 
 
 def normalisation_of(site: SiteData) -> Normalisation:
@@ -141,9 +149,11 @@ def make_card(config: ModelConfig, *, class_names: Sequence[str], normalisation:
         raise CardError(f"{len(class_names)} class names ({', '.join(class_names)}) for a model of "
                         f"{config.num_classes} classes")
     return ModelCard(
-        arch=config.arch, method=config.method, image_size=config.image_size or arch_spec(config.arch).image_size,
+        arch=config.arch, recipe=config.recipe, method=config.method,
+        image_size=config.image_size or arch_spec(config.arch).image_size,
         lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, adapter_ratio=config.adapter_ratio,
-        seed=config.seed, class_names=list(class_names), prompt=config.prompt or DEFAULT_PROMPT[config.method],
+        seed=config.seed, class_names=list(class_names),
+        prompt=config.prompt or get_recipe(config.recipe).prompt or DEFAULT_PROMPT[config.method],
         normalisation=normalisation, base=base_weights(config.checkpoint, checkpoint_sha256), tensors=tensors,
     )
 

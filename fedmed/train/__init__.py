@@ -1,7 +1,7 @@
 """Local training and evaluation of a SamSegmenter on one site's data, by a recipe."""
 
 from fedmed.train.augment import augmented
-from fedmed.train.evaluate import evaluate
+from fedmed.train.evaluate import validate
 from fedmed.train.loop import TrainConfig, TrainResult, make_optimizer, resolve_device, train_local, training_step
 from fedmed.train.loss import LOSSES, SegmentationLoss, make_loss, one_hot_foreground, recipe_loss
 from fedmed.train.optim import OptimizerStateError
@@ -16,7 +16,6 @@ __all__ = [
     "TrainResult",
     "augmented",
     "boxes_from_masks",
-    "evaluate",
     "lr_at",
     "make_loss",
     "make_optimizer",
@@ -26,4 +25,5 @@ __all__ = [
     "resolve_device",
     "train_local",
     "training_step",
+    "validate",
 ]

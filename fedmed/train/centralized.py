@@ -1,7 +1,9 @@
 """The centralized baseline: train one model on the union of the sites' training data.
 
 Writes `out/metrics.json` (per-epoch and final validation metrics per site; the final mean Dice at
-`final.dice`) and `out/trainable.pt` (the trainable tensors only).
+`final.dice`) and `out/trainable.pt` (the trainable tensors only). Validation is the one every round
+of a federation runs (`fedmed.train.evaluate.validate`: per class, per case, no prompt), and the mean
+over sites is weighted by their cases as the federated `mean_dice` is, so the two compare like for like.
 """
 
 from __future__ import annotations
@@ -18,28 +20,26 @@ from fedmed.data.types import SiteData
 from fedmed.io import save_trainable, write_json
 from fedmed.models import ModelConfig, build_model, trainable_state
 from fedmed.recipes import get_recipe
-from fedmed.train.evaluate import evaluate
+from fedmed.train.evaluate import validate
 from fedmed.train.loop import TrainConfig, resolve_device, train_local
 from fedmed.train.schedule import planned_total_steps
 
 
 def mean_over_sites(per_site: dict[str, dict], key: str) -> float:
-    """Mean of metric `key` over sites, weighted by validation samples, skipping NaN."""
-    pairs = [(m[key], m["samples"]) for m in per_site.values() if not math.isnan(m[key])]
+    """Mean of metric `key` over sites, weighted by their validation cases, skipping NaN."""
+    pairs = [(m[key], m["cases"]) for m in per_site.values() if not math.isnan(m[key])]
     total = sum(weight for _, weight in pairs)
     return sum(value * weight for value, weight in pairs) / total if total else math.nan
 
 
 def evaluate_sites(model, sites: list[SiteData], config: TrainConfig) -> dict:
-    """Validation metrics per site and their sample-weighted means (`dice`, `iou`, `hd95`)."""
+    """Each site's validation as a federation's round runs it ({"dice", "per_class", "loss", "cases",
+    "samples", "prompt", "unit"}) and the case-weighted mean Dice over the sites."""
     device = resolve_device(config.device)
-    per_site = {site.name: evaluate(model, site.val, batch_size=config.batch_size, device=device) for site in sites}
-    return {
-        "dice": mean_over_sites(per_site, "dice"),
-        "iou": mean_over_sites(per_site, "iou"),
-        "hd95": mean_over_sites(per_site, "hd95"),
-        "sites": per_site,
-    }
+    per_site = {site.name: validate(model, site.val, class_names=site.class_names, prompt="none",
+                                    batch_size=config.batch_size, device=device).model_dump(exclude={"per_case"})
+                for site in sites}
+    return {"dice": mean_over_sites(per_site, "dice"), "sites": per_site}
 
 
 def train_centralized(

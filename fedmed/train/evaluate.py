@@ -1,30 +1,23 @@
-"""Validation on a site's split: `validate` (per class, per volume, no prompt by default) and the
-older slice-pooled `evaluate`.
+"""Validation on a site's split: `validate` (per class, per volume, no prompt by default).
 
 `validate` is what a site runs every round. It predicts with a prompt available at inference
 (`"none"`: no prompt at all) unless asked for `"oracle-boxes"` (boxes cut from the ground truth,
 only to compare with papers that report it), records the mode it used, and scores each case:
 one 3D volume for NIfTI (its slices in the split, stacked), one picture otherwise. Dice per class
 counts a class absent from both truth and prediction as 1 (medpy, FLAP-SAM); means are over cases,
-then over classes (`fedmed.train.metrics`).
-
-`evaluate` is the metric the rounds reported before: Dice, IoU and HD95 per slice, classes pooled,
-empty labels skipped, box-prompt models given ground-truth boxes; its record says so
-(`prompt`: "oracle-boxes" for those models).
+then over classes (`fedmed.train.metrics`). The federation's rounds and the centralized baseline
+both validate this way.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
 import torch
-from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU
 from pydantic import BaseModel, ConfigDict
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from fedmed.data.nifti import NiftiSliceDataset
@@ -35,11 +28,6 @@ from fedmed.train.prompts import boxes_from_masks
 
 ValidationPrompt = Literal["none", "oracle-boxes"]
 _MODEL_PROMPT = {"none": "none", "oracle-boxes": "box"}
-
-
-def _finite_mean(values: torch.Tensor) -> float:
-    finite = values[torch.isfinite(values)]
-    return float(finite.mean()) if finite.numel() else math.nan
 
 
 class ValidationResult(BaseModel):
@@ -122,45 +110,3 @@ def validate(model: SamSegmenter, dataset: Dataset, *, class_names: Sequence[str
         per_class=per_class, per_case=per_case, loss=loss_sum / max(1, samples), cases=len(per_case),
         samples=samples,
     )
-
-
-@torch.no_grad()
-def evaluate(model: SamSegmenter, dataset: Dataset, *, batch_size: int = 8, device: str | torch.device = "cpu") -> dict:
-    """Mean Dice, IoU, HD95 (pixels) and loss over `dataset`, and the prompt mode used.
-
-    Metrics are per image and foreground class; pairs whose label is empty are skipped (MONAI's
-    `ignore_empty`), and HD95 only counts pairs where label and prediction are both non-empty.
-    Box-prompt models get boxes from the ground truth ("oracle-boxes"); use `validate` for a
-    mode available at inference.
-    """
-    model.eval().to(device)
-    loss_fn = SegmentationLoss(model.num_classes)
-    dice, iou = DiceMetric(include_background=False, ignore_empty=True), MeanIoU(include_background=False)
-    hd95 = HausdorffDistanceMetric(include_background=False, percentile=95)
-    losses, weights = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        images, masks = batch["image"].to(device), batch["mask"].to(device)
-        boxes, present = boxes_from_masks(masks.cpu(), model.num_classes)
-        logits = model(images, boxes.to(device), present.to(device))
-        losses.append(float(loss_fn(logits, masks)) * len(images))
-        weights.append(len(images))
-        predicted = F.one_hot(predict_labels(logits), model.num_classes).permute(0, 3, 1, 2)
-        truth = F.one_hot(masks, model.num_classes).permute(0, 3, 1, 2)
-        dice(predicted, truth)
-        iou(predicted, truth)
-        with warnings.catch_warnings():  # MONAI warns for every empty prediction or label; HD95 skips them
-            warnings.simplefilter("ignore")
-            hd95(predicted, truth)
-    return {
-        "dice": _finite_mean(dice.aggregate("none")),
-        "iou": _finite_mean(_iou_ignoring_empty(iou.get_buffer(), dice.get_buffer())),
-        "hd95": _finite_mean(hd95.aggregate("none")),
-        "loss": sum(losses) / max(1, sum(weights)),
-        "samples": sum(weights),
-        "prompt": "oracle-boxes" if model.prompt == "box" else "none",
-    }
-
-
-def _iou_ignoring_empty(iou_values: torch.Tensor, dice_values: torch.Tensor) -> torch.Tensor:
-    """Skip the pairs Dice skipped (empty label), so both metrics average over the same pairs."""
-    return torch.where(torch.isnan(dice_values), torch.full_like(iou_values, math.nan), iou_values)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from typer.testing import CliRunner
 
 from audit import verify
 from fedmed.cli.main import app
-from fedmed.sweep import parse_epsilons, summarize, write_csv
+from fedmed.sweep import parse_epsilons, parse_optimizer_states, summarize, write_csv
 from fedmed.sweep_plots import save_bytes_plot, save_dice_vs_epsilon
 
 SMALL = ["--rounds", "1", "--clients", "2", "--image-size", "32", "--samples-per-site", "20", "--batch-size", "4"]
@@ -37,10 +38,44 @@ def test_a_sweep_writes_a_row_per_run_the_plots_and_each_run_with_its_logs(tmp_p
         assert (tmp_path / run / "metrics.json").exists()
 
 
+def test_a_sweep_over_strategies_and_optimizer_states_against_the_centralized_baseline(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "--epsilons", "none", "--methods", "fedmsa", "--strategies",
+                                      "fedavg,fedprox", "--optimizer-state", "fresh,kept", "--compare-centralized",
+                                      "--data", "synthetic-noniid", "--out", str(tmp_path), *SMALL])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert [(r["label"], r["strategy"], r["optimizer_state"]) for r in rows] == [
+        ("fedmsa-centralized", "centralized", "kept"), ("fedmsa-fresh", "fedavg", "fresh"),
+        ("fedmsa-kept", "fedavg", "kept"), ("fedmsa-fedprox-fresh", "fedprox", "fresh"),
+        ("fedmsa-fedprox-kept", "fedprox", "kept")]
+    centralized = float(rows[0]["final_dice"])
+    for row in rows[1:]:
+        assert row["data"] == "synthetic-noniid" and float(row["load"]) >= 0 and float(row["wall_s"]) > 0
+        assert float(row["of_centralized"]) == pytest.approx(float(row["final_dice"]) / centralized, abs=1e-4)
+    plan = json.loads((tmp_path / "fedmsa-fedprox-kept-nodp" / "config.json").read_text())
+    assert (plan["strategy"]["name"], plan["strategy"]["proximal_mu"]) == ("fedprox", 0.01)
+    assert plan["training"]["keep_optimizer_state"] is True
+    assert list((tmp_path / "fedmsa-fedprox-kept-nodp" / "state" / "site-0" / "optimizer").iterdir())
+    assert not (tmp_path / "fedmsa-fedprox-fresh-nodp" / "state" / "site-0" / "optimizer").exists()
+
+
+def test_a_combination_the_plan_refuses_is_a_row_with_the_reason(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "--epsilons", "none", "--methods", "fedmsa", "--strategies", "krum",
+                                      "--secure-agg", "--out", str(tmp_path), *SMALL])
+    assert result.exit_code == 1
+    [row] = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert row["status"] == "failed" and row["final_dice"] == ""
+    assert "strategy 'krum' aggregates each site's own update" in row["error"]
+
+
 @pytest.mark.parametrize("options, message", [
     (["--epsilons", "1,zero"], "epsilon 'zero' is neither a number nor 'none'"),
     (["--epsilons", "-1"], "must be positive"),
     (["--methods", "fedavg"], "unknown method(s) fedavg"),
+    (["--strategies", "fedsgd"], "unknown strategy(s) fedsgd"),
+    (["--recipes", "fast"], "unknown recipe(s) fast"),
+    (["--optimizer-state", "warm"], "optimizer state(s) warm: choose from recipe, kept, fresh"),
+    (["--data", "noniid"], "--data must be one of synthetic, synthetic-noniid"),
     (["--policy", "nonexistent"], "unknown policy"),
 ])
 def test_bad_options_stop_before_any_run(tmp_path, options, message):
@@ -51,6 +86,7 @@ def test_bad_options_stop_before_any_run(tmp_path, options, message):
 
 def test_parse_summarize_and_plot_rows(tmp_path):
     assert parse_epsilons("none, 1,4 ,8") == (None, 1.0, 4.0, 8.0)
+    assert parse_optimizer_states("recipe, kept,fresh") == (None, True, False)
     site = {"epsilon": 3.5, "delta": 1e-5, "bytes_sent": 100, "bytes_received": 300}
     metrics = {"rounds": [{"mean_dice": 0.2, "sites": {"a": site, "b": {**site, "epsilon": 4.0}}},
                           {"mean_dice": 0.5, "sites": {"a": site, "b": site}}]}

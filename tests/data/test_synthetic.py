@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -88,3 +89,31 @@ def test_lazy_and_fast():
         image, mask = synthetic_sample(site_profiles(3)[i % 3], seed=0, site=i % 3, index=i, image_size=128)
     assert (time.perf_counter() - started) / 10 < 0.2  # ~10-20 ms each on one core
     assert sites[0].train[0]["image"].shape == (3, 128, 128)
+
+
+def test_the_noniid_federation_inverts_contrast_at_every_other_site_and_spreads_anatomy_wider():
+    default, noniid = site_profiles(3, 0), site_profiles(3, 0, "noniid")
+    assert [p.invert for p in default] == [False] * 3 and [p.invert for p in noniid] == [False, True, False]
+    spread = {f: [getattr(p, f) for p in profiles] for profiles, f in ((noniid, "radius"), (noniid, "elongation"))}
+    assert max(spread["radius"]) / min(spread["radius"]) > 2 and max(spread["elongation"]) >= 2.2
+    with pytest.raises(ValueError, match="unknown synthetic profile 'iid'"):
+        site_profiles(3, 0, "iid")
+    for name, profiles in (("synthetic", default), ("synthetic-noniid", noniid)):
+        sites = load_sites(name, num_sites=3, image_size=64, samples_per_site=10)
+        for site, profile in zip(sites, profiles):
+            images, masks = _stack(site.train, "image")[:, 0], _stack(site.train, "mask")
+            inside = float(images[masks > 0].mean())
+            ring = torch.nn.functional.max_pool2d(masks[:, None].float(), 9, stride=1, padding=4)[:, 0] > 0
+            around = float(images[ring & (masks == 0)].mean())  # the tissue just around each structure
+            assert (inside < around) == profile.invert, (name, site.name, inside, around)
+
+
+def test_the_default_federation_is_the_one_it_was():
+    """Every earlier figure was measured on it: adding the non-IID profile set left its bytes as they were
+    (the digest was taken on main before the change, and again after it)."""
+    digest = hashlib.sha256()
+    for site in make_synthetic_sites(3, seed=0, image_size=32, samples_per_site=5):
+        for i in range(2):
+            digest.update(site.train[i]["image"][0].numpy().tobytes())
+            digest.update(site.train[i]["mask"].numpy().tobytes())
+    assert digest.hexdigest() == "d43e68fb3ab1515a94fca2d3c229dba787e07b03ab8bd0f071e233af4eb158a3"

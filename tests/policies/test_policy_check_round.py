@@ -196,3 +196,12 @@ def test_the_server_s_training_numbers_stay_in_the_sites_bounds(strict, training
 def test_a_policy_range_must_not_be_empty():
     with pytest.raises(ValueError, match="range .* is empty"):
         policy_with("strict", training={"lr": [0.1, 0.01]})
+
+
+def test_a_site_allows_only_the_recipes_its_policy_names(strict):
+    assert [v.rule for v in check_round(strict, make_request(recipe="fedfms"))] == []  # default: every recipe
+    narrow = strict.model_copy(update={"allowed_recipes": ("default",)})
+    [violation] = check_round(narrow, make_request(recipe="flap-sam"))
+    assert violation.rule == "allowed_recipes" and violation.field == "recipe"
+    assert "recipe 'flap-sam' is not allowed; this site allows default" in violation.message
+    assert check_round(narrow, make_request()) == []

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from policies import METHODS, Policy, PolicyError, builtin_names, load_policy, parse_policy
+from policies import METHODS, RECIPES, Policy, PolicyError, builtin_names, load_policy, parse_policy
 
 VALID = textwrap.dedent(
     """
@@ -61,7 +61,15 @@ def test_a_file_loads_and_optional_limits_default_to_none(tmp_path):
     policy = load_policy(write(tmp_path, VALID))
     assert policy.name == "site-a" and policy.max_bytes_per_round is None
     assert policy.tensors.deny == () and policy.privacy.modes == ("sample", "client")
+    assert policy.allowed_recipes == RECIPES  # unstated: every recipe
     assert load_policy(str(tmp_path / "site.toml")) == policy
+
+
+def test_a_policy_may_narrow_the_recipes_and_names_an_unknown_one(tmp_path):
+    narrow = load_policy(write(tmp_path, 'extends = "strict"\nallowed_recipes = ["default", "fedfms"]\n'))
+    assert narrow.allowed_recipes == ("default", "fedfms")
+    with pytest.raises(PolicyError, match="allowed_recipes"):
+        load_policy(write(tmp_path, 'extends = "strict"\nallowed_recipes = ["fast"]\n', "bad.toml"))
 
 
 def test_a_file_without_a_name_is_named_after_itself(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedmed.models import ModelConfig, build_model, trainable_state
-from fedmed.train import SegmentationLoss, TrainConfig, boxes_from_masks, evaluate, train_local
+from fedmed.train import SegmentationLoss, TrainConfig, boxes_from_masks, train_local, validate
 
 
 def _disc_dataset(count: int, seed: int, size: int = 128):
@@ -14,12 +14,12 @@ def _disc_dataset(count: int, seed: int, size: int = 128):
     generator = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     items = []
-    for _ in range(count):
+    for index in range(count):
         cx, cy = torch.randint(30, size - 30, (2,), generator=generator)
         radius = int(torch.randint(10, 25, (1,), generator=generator))
         mask = (((xx - cx) ** 2 + (yy - cy) ** 2) < radius**2).long()
         image = torch.rand(size, size, generator=generator) * 80 + mask * 60
-        items.append({"image": image.expand(3, -1, -1).clone(), "mask": mask})
+        items.append({"image": image.expand(3, -1, -1).clone(), "mask": mask, "id": f"disc-{seed}-{index}"})
     return items
 
 
@@ -58,11 +58,11 @@ def test_loss_is_low_for_the_right_answer_and_high_for_the_wrong_one():
 def test_training_learns():
     train, val = _disc_dataset(64, 0), _disc_dataset(8, 1)
     model = build_model(ModelConfig(method="fedmsa"))
-    before = evaluate(model, val)
+    before = validate(model, val, prompt="oracle-boxes")  # fedmsa trains with boxes
     result = train_local(model, train, TrainConfig(epochs=3, batch_size=8, seed=3))
-    after = evaluate(model, val)
+    after = validate(model, val, prompt="oracle-boxes")
     assert result.samples == 192 and result.steps == 24
-    assert after["loss"] < before["loss"] and after["dice"] > 0.5
+    assert after.loss < before.loss and after.dice > 0.5
 
 
 def test_training_is_deterministic_under_a_seed():
@@ -81,12 +81,11 @@ def test_frozen_tensors_do_not_change():
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
 
 
-def test_evaluate_reports_perfect_scores_for_a_perfect_model(monkeypatch):
+def test_validation_reports_perfect_scores_for_a_perfect_model(monkeypatch):
     val = _disc_dataset(4, 2)
     model = build_model(ModelConfig())
     masks = torch.stack([item["mask"] for item in val])
     monkeypatch.setattr(model, "forward", lambda images, boxes, present: (masks.unsqueeze(1).float() * 2 - 1) * 20)
-    metrics = evaluate(model, val, batch_size=4)
-    assert metrics["dice"] == pytest.approx(1.0) and metrics["iou"] == pytest.approx(1.0)
-    assert metrics["hd95"] == pytest.approx(0.0) and metrics["samples"] == 4
-    assert not math.isnan(metrics["loss"])
+    result = validate(model, val, batch_size=4)
+    assert result.dice == pytest.approx(1.0) and result.samples == 4 and result.cases == 4
+    assert not math.isnan(result.loss)

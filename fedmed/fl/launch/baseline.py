@@ -1,8 +1,9 @@
 """`--compare-centralized`: the centralized baseline on the union of the training sites, same budget.
 
 Budget: as many passes over the union as a site makes over its own data in the whole federated run
-(rounds x local epochs), with the run's learning rate, batch size and seed. Every site (held-out
-included) is evaluated on its validation split, as in the federated run.
+(rounds x local epochs), by the run's recipe (its optimizer kept across epochs, one lr schedule over
+the run) with the run's learning rate, batch size and seed. Every site (held-out included) is
+evaluated on its validation split as in the federated run (`validate`: no prompt, per class and case).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fedmed.train.centralized import evaluate_sites, mean_over_sites, train_cent
 
 def centralized_baseline(plan: RunPlan, sites: list[SiteData], out: str | Path, *, device: str = "auto",
                          on_step=None) -> dict:
-    """Train on the union of the non-held-out sites; returns {"dice", "iou", "hd95", "sites", "epochs", ...}.
+    """Train on the union of the non-held-out sites; returns {"dice", "sites", "epochs", ...}.
 
     "dice" averages the training sites as the federated run's `mean_dice` does; "holdout_dice" apart.
     """
@@ -27,7 +28,8 @@ def centralized_baseline(plan: RunPlan, sites: list[SiteData], out: str | Path, 
     training = [site for site in sites if site.name != plan.holdout]
     config = plan.model.build_config(num_classes=sites[0].num_classes, seed=plan.federation.seed,
                                      checkpoint=plan.checkpoint)
-    train_config = replace(plan.training.train_config(seed=plan.federation.seed, device=device),
+    train_config = replace(plan.training.train_config(recipe=plan.model.recipe, seed=plan.federation.seed,
+                                                      device=device),
                            epochs=plan.rounds * plan.training.local_epochs)
     metrics = train_centralized(training, config, train_config, out, on_step=on_step)
     per_site = metrics["final"]["sites"]
@@ -39,5 +41,4 @@ def centralized_baseline(plan: RunPlan, sites: list[SiteData], out: str | Path, 
         per_site = evaluate_sites(model, sites, train_config)["sites"]
         result["holdout_dice"] = per_site[plan.holdout]["dice"]
     trained = {name: m for name, m in per_site.items() if name != plan.holdout}
-    return {"dice": mean_over_sites(trained, "dice"), "iou": mean_over_sites(trained, "iou"),
-            "hd95": mean_over_sites(trained, "hd95"), "sites": per_site, **result}
+    return {"dice": mean_over_sites(trained, "dice"), "sites": per_site, **result}

@@ -42,6 +42,7 @@ from flwr.app import Context
 from flwr.simulation import run_simulation
 
 from fedmed.data import scan_data
+from fedmed.data.synthetic import SYNTHETIC_DATA
 from fedmed.fl.enrolment import enrol_sites
 from fedmed.fl.plan import RunPlan
 from audit import PartyKey
@@ -61,11 +62,12 @@ class SimulationError(ValueError):
 
 def simulation_sites(data: str, *, clients: int | None = None, samples_per_site: int | None = None,
                      device: str = "auto") -> list[SiteSettings]:
-    """The sites of `data`: "synthetic" (`clients` of them, 3 by default) or a folder of site folders."""
-    if data == "synthetic":
+    """The sites of `data`: "synthetic" or "synthetic-noniid" (`clients` of them, 3 by default) or a
+    folder of site folders."""
+    if data in SYNTHETIC_DATA:
         count = clients or 3
-        return [SiteSettings(partition=k, num_sites=count, samples_per_site=samples_per_site, device=device)
-                for k in range(count)]
+        return [SiteSettings(data=data, partition=k, num_sites=count, samples_per_site=samples_per_site,
+                             device=device) for k in range(count)]
     scan = scan_data(Path(data))
     if scan.problems:
         raise SimulationError("the data has problems:\n" + "\n".join(f"  - {p}" for p in scan.problems))

@@ -6,9 +6,10 @@ The same loop runs in the simulation engine, in a deployment and in-process in t
    the aggregator admits the sites that may take part (secure aggregation: those in the roster);
 2. per round: choose the training sites (all but `--holdout`, or a `fraction_fit` of them), send
    them the global vector and the round's instructions, let the aggregator turn their replies into
-   one mean update (`fedmed.fl.server.aggregation`: plain, or secure where only the sum is
-   unmasked), move the global vector by the strategy's step (`fedmed.fl.server.strategy`); a
-   round with fewer than `min_clients` updates in the mean fails with every reason and leaves the
+   one aggregate update (`fedmed.fl.server.aggregation`: plain, or secure where only the sum is
+   unmasked; a robust strategy's rule on the plain updates), move the global vector by the
+   strategy's step (`fedmed.fl.server.strategy`, whose state every checkpoint keeps); a round
+   with fewer than `min_clients` updates in the aggregate fails with every reason and leaves the
    last checkpoint as it was;
 3. evaluate the new global model on every site's validation split (per class, per volume for
    volumes, with no prompt as at inference; box-trained models also with oracle boxes, apart);
@@ -38,7 +39,7 @@ from fedmed.fl.server.exchange import Exchange, Exchanged
 from fedmed.fl.server.journal import ServerJournal
 from fedmed.fl.server.run_dir import RunDir
 from fedmed.fl.server.secure import SecureAggregator
-from fedmed.fl.server.strategy import FedAvg
+from fedmed.fl.server.strategy import StrategyStateError, make_strategy
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.fl.wire.layout import Layout, pack
 from fedmed.fl.wire.messages import CONFIG, EVALUATE, GLOBAL, HELLO, LAYOUT_KEY, SiteHello
@@ -52,10 +53,13 @@ __all__ = ["Federation", "FederationError", "RoundFailed", "round_instructions",
 
 
 def make_aggregator(plan: RunPlan, exchange: Exchange, *, run_id: str) -> Aggregator:
-    """The plan's aggregator: secure (with the roster it names) or plain."""
+    """The plan's aggregator: secure (with the roster it names) or plain (with the strategy's rule)."""
     if not plan.secure_aggregation.enabled:
         return PlainAggregator(exchange, min_clients=plan.federation.min_clients,
-                               weighting=plan.secure_aggregation.weighting)
+                               weighting=plan.secure_aggregation.weighting, strategy=plan.strategy)
+    if plan.strategy.individual_updates:  # the plan refuses this too; a hand-made plan must not get past here
+        raise FederationError(f"strategy {plan.strategy.name!r} needs each site's update; secure aggregation "
+                              "shows the server only their sum")
     if not plan.roster:
         raise FederationError("secure aggregation needs the roster of enrolled sites (the plan's `roster` file)")
     try:
@@ -80,7 +84,8 @@ def round_instructions(plan: RunPlan, round: int, *, num_classes: int, num_clien
     """What the sites of `round` are told: the plan's sections as they are, and the round's numbers."""
     return Instructions(run_id=run_id, round=round, num_classes=num_classes, num_clients=num_clients,
                         federation=plan.federation,
-                        model=plan.model, training=plan.training, secure_aggregation=plan.secure_aggregation,
+                        model=plan.model, training=plan.training, strategy=plan.strategy,
+                        secure_aggregation=plan.secure_aggregation,
                         privacy=plan.privacy)
 
 
@@ -95,7 +100,7 @@ class Federation:
         self.run_id = journal.run_id if journal is not None else os.urandom(16).hex()
         self.exchange = Exchange(grid, journal, timeout=plan.round_timeout)
         self.aggregator = make_aggregator(plan, self.exchange, run_id=self.run_id)
-        self.strategy = FedAvg()
+        self.strategy = make_strategy(plan.strategy)
         self.sites: dict[str, SiteHello] = {}
 
     # ---- joining ----------------------------------------------------------------------------
@@ -163,6 +168,10 @@ class Federation:
         vector = layout.flatten(saved if saved is not None else tensors)
         if last:
             logger.info("resuming %s after round %d", self.run_dir.root, last)
+            try:
+                self.strategy.load_state(self.run_dir.strategy_state(last), size=layout.numel)
+            except StrategyStateError as error:
+                raise FederationError(f"cannot resume {self.run_dir.round_path(last)}: {error}") from None
         for round in range(last + 1, plan.rounds + 1):
             started = time.perf_counter()
             try:
@@ -172,7 +181,7 @@ class Federation:
                 raise
             record["wall_s"] = round_wall = time.perf_counter() - started
             history.append(record)
-            self.run_dir.save_round(round, layout.unflatten(vector), plan, history)
+            self.run_dir.save_round(round, layout.unflatten(vector), plan, history, strategy=self.strategy.state())
             if self.journal is not None:
                 self.journal.rounds_completed += 1
             logger.info("round %d: mean Dice %.4f (%.1f s)", round, record["mean_dice"], round_wall)
@@ -225,7 +234,7 @@ class Federation:
                                           run_id=self.run_id)
         collected = self.aggregator.collect(round, {name: self.sites[name] for name in chosen},
                                             self._content(instructions, vector, layout), layout)
-        vector = self.strategy.step(vector, collected.mean)
+        vector = self.strategy.step(vector, collected.mean, round=round)
         content = self._content(instructions, vector, layout)
         evaluation = self.exchange.send(EVALUATE, {name: content for name in self.sites}, round=round, layout=layout)
         return vector, self._record(round, collected, evaluation)

@@ -1,13 +1,15 @@
 """A run directory: per-round checkpoints of the global tensors, the metrics, and resumption.
 
     DIR/config.json                the run plan
-    DIR/checkpoints/round_<r>.pt   global trainable tensors after round r (+ round, plan, metrics so far)
+    DIR/checkpoints/round_<r>.pt   global trainable tensors after round r (+ round, plan, metrics so far,
+                                   the server optimizer's state: `strategy`)
     DIR/metrics.json               {"plan", "status", "rounds": [...], ...}, rewritten after every round
     DIR/final.pt                   the global trainable tensors after the last round
 
 Every file is written atomically and a round's checkpoint before its metrics, so a run stopped at
 any point resumes from its last completed round (`RunDir.resume`) and, as each round depends only
-on the global tensors and seeds, ends with the same model as a run that never stopped.
+on the global tensors, the server optimizer's state and seeds, ends with the same model as a run
+that never stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedmed.fl.plan import RunPlan
@@ -96,10 +99,27 @@ class RunDir:
         self._write_config(plan)
         return last, tensors, list(meta.get("history", []))
 
-    def save_round(self, round: int, tensors: dict[str, torch.Tensor], plan: RunPlan, history: list[dict]) -> None:
-        """Checkpoint the global tensors after `round`, then the metrics (checkpoint first: crash-safe)."""
-        save_trainable(self.round_path(round), tensors, round=round, plan=plan.to_json(), history=json_safe(history))
+    def save_round(self, round: int, tensors: dict[str, torch.Tensor], plan: RunPlan, history: list[dict], *,
+                   strategy: dict | None = None) -> None:
+        """Checkpoint the global tensors after `round` with the server optimizer's state (`strategy`:
+        {"name", "arrays": {moment: [L] float32}}), then the metrics (checkpoint first: crash-safe)."""
+        kept = None if strategy is None else {"name": strategy["name"], "arrays": {
+            key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in strategy["arrays"].items()}}
+        save_trainable(self.round_path(round), tensors, round=round, plan=plan.to_json(), history=json_safe(history),
+                       strategy=kept)
         self.write_metrics(plan, history, status="running")
+
+    def strategy_state(self, round: int) -> dict | None:
+        """The server optimizer's state saved with `round` (arrays as numpy), None if it keeps none."""
+        try:
+            _tensors, meta = load_trainable(self.round_path(round))
+        except TrainableCheckpointError as error:
+            raise RunStateError(f"cannot resume {self.root}: {error}") from None
+        saved = meta.get("strategy")
+        if not isinstance(saved, dict) or not isinstance(saved.get("arrays"), dict):
+            return saved
+        return {**saved, "arrays": {key: value.numpy() if isinstance(value, torch.Tensor) else value
+                                    for key, value in saved["arrays"].items()}}
 
     def save_final(self, tensors: dict[str, torch.Tensor], plan: RunPlan, history: list[dict], **extra: Any) -> None:
         save_trainable(self.final_path, tensors, round=len(history), plan=plan.to_json(), history=json_safe(history))

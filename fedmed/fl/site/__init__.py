@@ -5,7 +5,7 @@
 - `session`: one message's explicit state, handed to every step (`SiteSession`)
 - `admission`: the instructions against the policy and the privacy budget, before training
 - `privacy`: the site's DP in a round: its ledger, the projection, DP training (`SitePrivacy`)
-- `training`: local training (plain or DP) and the update
+- `training`: local training (plain or DP, by the recipe; optimizer state kept; FedProx's term) and the update
 - `release`: the outgoing update against the policy's payload rules, before masking
 - `masking`: the secure-aggregation stages and the masked update (`SecureRelease`)
 - `journal`: the site's audit log, one run per message

@@ -3,13 +3,15 @@
 The site builds what it checks from its own knowledge, never from the server's word about itself:
 the server's identity from its own connection (`SiteSettings.own_server`; a simulation's in-process
 server is `localhost:simulation`, no transport), the sample count from its own data, the projected
-epsilon from its own ledger. What the server asks (method, tensors, secure aggregation, DP) comes
+epsilon from its own ledger. What the server asks (method, recipe, tensors, secure aggregation, DP,
+FedProx's mu) comes
 from the instructions, read through the same mapping as a coordinator's `fedmed policy check
 --config` (`fedmed.config.make_round_request`), so both judge the same request alike.
 
     privacy = admit_round(session)            # RoundRefused (audited) or the round's SitePrivacy / None
 
-A violation, a DP setting the site cannot account, or a budget the round would overrun declines the
+A violation, a DP setting the site cannot account, a recipe or proximal term its DP route cannot
+train yet (`fedmed.config.strategy_problems`), or a budget the round would overrun declines the
 round before the model is touched.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from fedmed.config import make_round_request
+from fedmed.config import make_round_request, strategy_problems
 from fedmed.fl.site.privacy import PrivacySetupError, SitePrivacy, dp_config
 from fedmed.fl.site.session import SiteSession
 from fedmed.fl.wire.instructions import Instructions
@@ -45,9 +47,9 @@ def round_request(instructions: Instructions, server: ServerInfo, *, layout: Lay
     """A round as `policies.check_round` reads it, with the server as the site sees it and the
     site's own sample count (`ValidationError` if it cannot be one)."""
     return make_round_request(
-        method=instructions.model.method, tensor_names=policy_names(layout.names),
+        model=instructions.model, tensor_names=policy_names(layout.names),
         secure_aggregation=instructions.secure_aggregation, training=instructions.training,
-        privacy=instructions.privacy, server=server, round=instructions.round, num_clients=instructions.num_clients,
+        strategy=instructions.strategy, privacy=instructions.privacy, server=server, round=instructions.round, num_clients=instructions.num_clients,
         local_samples=local_samples, expected_bytes=4 * layout.numel)
 
 
@@ -79,6 +81,9 @@ def admit_round(session: SiteSession) -> SitePrivacy | None:
     try:
         if instructions.secure_aggregation.enabled and instructions.num_clients < 2:
             raise ValueError("the server's instructions are invalid: a secure round of one site is no secret")
+        for problem in strategy_problems(instructions.model.recipe, instructions.training, instructions.strategy,
+                                         instructions.secure_aggregation, instructions.privacy):
+            raise ValueError(f"this site cannot train as asked: {problem}")
         session.request = round_request(instructions, session.settings.own_server(), layout=session.layout,
                                         local_samples=samples)
         config = dp_config(instructions.privacy, planned_rounds=instructions.federation.rounds)

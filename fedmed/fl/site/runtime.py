@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fedmed.config import ModelSpec
 from fedmed.data import SiteData, load_sites, scan_data
+from fedmed.data.synthetic import SYNTHETIC_DATA
 from fedmed.fl.site.settings import SiteSettings
 from fedmed.fl.wire.layout import Layout
 from fedmed.models import SamSegmenter, build_model, trainable_state
@@ -28,12 +29,12 @@ class SiteSetupError(RuntimeError):
 def load_site_data(settings: SiteSettings, *, image_size: int) -> SiteData:
     """This site's data, split into train / val / test by the site alone: a folder's split is its
     dataset's own or the one kept in `<state_dir>/splits/` (drawn once from the CSPRNG), the
-    synthetic federation's is fixed by the site's `data_seed`. A folder of several sites needs
+    synthetic federations' is fixed by the site's `data_seed`. A folder of several sites needs
     `partition`; each site is split on its own, so a simulation over all sites and a deployment of
     one split a site alike."""
-    if settings.data == "synthetic":
+    if settings.data in SYNTHETIC_DATA:
         options = {"samples_per_site": settings.samples_per_site} if settings.samples_per_site else {}
-        sites = load_sites("synthetic", image_size=image_size, data_seed=settings.data_seed,
+        sites = load_sites(settings.data, image_size=image_size, data_seed=settings.data_seed,
                            num_sites=settings.num_sites, **options)
         site = sites[_partition(settings, len(sites))]
     else:
@@ -56,11 +57,11 @@ def _site_folder(settings: SiteSettings) -> Path:
 
 
 def site_name(settings: SiteSettings) -> str:
-    """The site's name: its enrolment's, else as its data names it (its folder; `site-<k>` in the
+    """The site's name: its enrolment's, else as its data names it (its folder; `site-<k>` in a
     synthetic federation)."""
     if settings.name:
         return settings.name
-    if settings.data == "synthetic":
+    if settings.data in SYNTHETIC_DATA:
         return f"site-{settings.partition}"
     return _site_folder(settings).name
 
@@ -69,11 +70,13 @@ def dataset_fingerprint(settings: SiteSettings) -> str:
     """The digest of what this site's data is: the key of its privacy ledger, so a new run folder, a
     new state folder or a second client on the same data finds the same budget. A folder counts by
     the relative path and size of every file in it (a copy elsewhere is the same data; data that
-    changed size is new data); the synthetic federation by its generator's settings."""
-    if settings.data == "synthetic":
+    changed size is new data); a synthetic federation by its generator's settings (and its profile
+    set, unless it is the default one)."""
+    if settings.data in SYNTHETIC_DATA:
+        profile = {"profile": SYNTHETIC_DATA[settings.data]} if settings.data != "synthetic" else {}
         return description_fingerprint({"generator": "synthetic", "data_seed": settings.data_seed,
                                         "num_sites": settings.num_sites, "site": settings.partition,
-                                        "samples_per_site": settings.samples_per_site})
+                                        "samples_per_site": settings.samples_per_site, **profile})
     root = _site_folder(settings)
     files = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
     return description_fingerprint({"folder": files})

@@ -1,6 +1,7 @@
 """A site's local training in a train message: DP-SGD or client-level DP when the round asks for
 it (recorded in the site's ledger before anything leaves, `fedmed.fl.site.privacy`), plain local
-training otherwise; then the update, local minus global, of the trainable tensors only.
+training otherwise, by the round's recipe (`fedmed.recipes`); then the update, local minus global,
+of the trainable tensors only.
 
 Training randomness (data order, prompt jitter) is the site's: its seed is an HMAC, under a secret
 key the site keeps in its state directory (`training.key`, 32 bytes from the OS CSPRNG), of the
@@ -9,24 +10,52 @@ round from the same model trains the same (a resumed run ends with the same mode
 that replays it to other participants to difference the sums is refused by the site's release
 memory (`fedmed.fl.site.releases`). A site without a state directory draws a fresh seed from the
 CSPRNG for every round.
+
+With `training.keep_optimizer_state` (the default of FLAP-SAM's and FedFMS's recipes) the site keeps
+its optimizer state and schedule step (`fedmed.train.optim`) in its private state directory, never sent:
+
+    <state_dir>/<party>/optimizer/<run key>/round_<r>.pt   the state after the site's round r
+
+The run key is a digest of the instructions that fix the run as the site sees it (study, seed, model,
+training, strategy, privacy; not the rounds, which a resumed run may extend). Round r starts from
+the latest state of a round before r, so a round trained again after a crash (the server resumes
+from its last checkpoint) starts from the same state as the first time: a resumed run ends with the
+same model. After saving round r the site keeps only that state and the one before it, and drops any
+of later rounds (a run of the same key abandoned earlier). A state that cannot be read or does not
+fit the model is a refusal naming the file (`OptimizerStateError`); keeping it needs a state
+directory. The schedule's horizon is the site's own: rounds x local epochs of its own batches.
+
+FedProx's proximal term (mu/2) ||w - w_global||^2 over the trainable tensors is added to the local
+loss as its gradient, mu (w - w_global), on every trainable tensor's gradient during backward
+(`proximal_term`); the reported loss is the task loss alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fedmed.fl.site.privacy import SitePrivacy
 from fedmed.fl.site.session import SiteSession
 from fedmed.fl.wire.transcript import vector_sha256
-from fedmed.models import trainable_state
-from fedmed.train import TrainResult, train_local
+from fedmed.models import SamSegmenter, trainable_state
+from fedmed.recipes import get_recipe
+from fedmed.train import TrainConfig, TrainResult, train_local
+from fedmed.train.optim import OptimizerStateError, load_state, save_state
+from fedmed.train.schedule import planned_total_steps
 
 TRAINING_KEY = "training.key"
+OPTIMIZER_DIR = "optimizer"
+_STATE_FILE = re.compile(r"^round_(\d+)\.pt$")
 
 
 def _site_key(folder: Path) -> bytes:
@@ -49,13 +78,100 @@ def training_seed(session: SiteSession, start: np.ndarray) -> int:
     return int.from_bytes(hmac.new(key, message, hashlib.sha256).digest()[:4], "big") & 0x7FFFFFFF
 
 
+def run_key(session: SiteSession) -> str:
+    """What names the run's optimizer states at the site (see the module docstring)."""
+    fixed = session.instructions.model_dump(mode="json", include={"federation", "model", "training", "strategy",
+                                                                    "privacy"})
+    for resumable in ("rounds", "min_clients"):
+        fixed["federation"].pop(resumable)
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class OptimizerStates:
+    """A site's optimizer states of one run, one file per round it trained (module docstring)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _rounds(self) -> list[int]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := _STATE_FILE.match(p.name)))
+
+    def path(self, round: int) -> Path:
+        return self.folder / f"round_{round}.pt"
+
+    def before(self, round: int) -> Path | None:
+        """The state to start `round` from: the latest of an earlier round (None: a fresh optimizer)."""
+        earlier = [r for r in self._rounds() if r < round]
+        return self.path(earlier[-1]) if earlier else None
+
+    def save(self, round: int, state: dict) -> None:
+        """Keep the state after `round` (atomic), then drop all but it and the latest before it."""
+        save_state(self.path(round), state)
+        earlier = [r for r in self._rounds() if r < round]
+        for stale in [r for r in self._rounds() if r > round] + earlier[:-1]:
+            self.path(stale).unlink(missing_ok=True)
+
+
+@contextmanager
+def proximal_term(model: SamSegmenter, mu: float) -> Iterator[None]:
+    """While inside, every trainable tensor's gradient gains mu (w - w0), w0 its value on entry: the
+    gradient of (mu/2) ||w - w0||^2 added to the loss. mu = 0: nothing changes."""
+    if mu == 0:
+        yield
+        return
+    params = dict(model.named_parameters())
+    handles = []
+    for name in model.trainable_names:
+        param = params[name]
+        anchor = param.detach().clone()
+
+        def pull(grad: torch.Tensor, param: torch.Tensor = param, anchor: torch.Tensor = anchor) -> torch.Tensor:
+            return grad + mu * (param.detach() - anchor.to(grad.device))
+
+        handles.append(param.register_hook(pull))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def train_round(session: SiteSession, privacy: SitePrivacy | None, start: np.ndarray) -> TrainResult:
     """Train the session's model (holding the global vector `start`) on the site's training split."""
     instructions, data = session.instructions, session.data
-    config = instructions.training.train_config(seed=training_seed(session, start), device=session.settings.device)
-    if privacy is not None:
-        return privacy.train(session.model, data, config, round=instructions.round, study=instructions.federation.name)
-    return train_local(session.model, data.train, config)
+    recipe, training = instructions.model.recipe, instructions.training
+    total_steps = planned_total_steps(get_recipe(recipe).schedule, num_samples=len(data.train),
+                                      batch_size=training.batch_size,
+                                      epochs=instructions.federation.rounds * training.local_epochs)
+    config = training.train_config(recipe=recipe, seed=training_seed(session, start),
+                                   device=session.settings.device, total_steps=total_steps)
+    with proximal_term(session.model, instructions.strategy.mu):
+        if privacy is not None:  # admission refuses the recipes and terms DP cannot train yet
+            return privacy.train(session.model, data, config, round=instructions.round,
+                                 study=instructions.federation.name)
+        if not training.keep_optimizer_state:
+            return train_local(session.model, data.train, config)
+        return _train_keeping_state(session, config)
+
+
+def _train_keeping_state(session: SiteSession, config: TrainConfig) -> TrainResult:
+    """`train_local` from the site's kept optimizer state, keeping the new one (module docstring)."""
+    if session.state_dir is None:
+        raise session.refuse(f"{session.party} declines round {session.round}: the round keeps each site's "
+                             "optimizer state across rounds in its state directory, and this site has none",
+                             ["no state directory for the optimizer state"])
+    states = OptimizerStates(session.state_dir / OPTIMIZER_DIR / run_key(session))
+    path = states.before(session.round)
+    try:
+        previous = load_state(path) if path is not None else None
+        result = train_local(session.model, session.data.train, config, optimizer_state=previous)
+    except OptimizerStateError as error:
+        reason = str(error) if path is None or str(path) in str(error) else f"{path}: {error}"
+        raise session.refuse(f"{session.party} declines round {session.round}: {reason}", [reason]) from None
+    states.save(session.round, result.optimizer_state)
+    return result
 
 
 def local_update(session: SiteSession, start: np.ndarray) -> np.ndarray:

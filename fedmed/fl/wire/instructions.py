@@ -1,7 +1,9 @@
 """The round's instructions: what a site is asked to do in one message, everything but its data.
 
 They are the federation config's own sections (`fedmed.config`), as the coordinator's plan holds
-them, with what the round adds (the run's id, the round's number, the classes, how many sites it
+them (resolved: the recipe's numbers, the strategy's parameters; the strategy travels whole, so the
+round transcript every site signs names the server's optimizer and FedProx's mu, which a site puts
+in its local loss and its policy bounds), with what the round adds (the run's id, the round's number, the classes, how many sites it
 asks). `federation.name` is the study: what ledgers and audit logs file the round under. They travel as
 the JSON of `Instructions` in one config value, so both sides validate the same typed object.
 """
@@ -9,9 +11,18 @@ the JSON of `Instructions` in one config value, so both sides validate the same 
 from __future__ import annotations
 
 from flwr.app import ConfigRecord, RecordDict
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fedmed.config import FederationSection, ModelSpec, PrivacySection, SecureAggregationSection, TrainingSection
+from fedmed.config import (
+    FederationSection,
+    ModelSpec,
+    PrivacySection,
+    SecureAggregationSection,
+    StrategySection,
+    TrainingSection,
+    resolve_strategy,
+    resolve_training,
+)
 from fedmed.fl.wire.messages import CONFIG
 
 
@@ -27,8 +38,12 @@ class Instructions(BaseModel):
     federation: FederationSection
     model: ModelSpec
     training: TrainingSection
+    strategy: StrategySection = Field(default=StrategySection(), validate_default=True)
     secure_aggregation: SecureAggregationSection
     privacy: PrivacySection
+
+    _training_of_recipe = field_validator("training")(resolve_training)
+    _strategy_parameters = field_validator("strategy")(resolve_strategy)
 
     def record(self) -> ConfigRecord:
         return ConfigRecord({"instructions": self.model_dump_json()})

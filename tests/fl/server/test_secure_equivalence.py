@@ -17,10 +17,11 @@ import pytest
 from fl_helpers import SITES_STATE, site_settings, small_plan
 from secure_helpers import SITES, Captured, secure_grid, secure_plan
 
+from fedmed.config import StrategySection
 from fedmed.fl.enrolment import enrol_sites
 from fedmed.fl.launch.inprocess import InProcessGrid
 from fedmed.fl.server.rounds import run_federation
-from fedmed.fl.server.strategy import FedAvg
+from fedmed.fl.server.strategy import make_strategy
 from fedmed.fl.site.client_app import make_client_app
 from fedmed.fl.wire.layout import FLAT, Layout
 from fedmed.fl.wire.messages import GLOBAL, TRAIN
@@ -77,7 +78,7 @@ def test_the_final_secure_model_is_fedavg_of_the_sealed_updates_within_the_bound
         updates = {s: (captured[(record["round"], s)], record["sites"][s]["train_samples"]) for s in SITES}
         total = sum(n for _, n in updates.values())
         mean = sum(u.astype(np.float64) * (n / total) for u, n in updates.values())
-        vector = FedAvg().step(vector, mean.astype(np.float32))
+        vector = make_strategy(StrategySection()).step(vector, mean.astype(np.float32), round=record["round"])
     bounds = sum(r["secagg"]["error_bound"] for r in secure["rounds"])
     final = flat(secure_out / "final.pt")
     assert within(final, vector, bounds), float(np.abs(final - vector).max())
