@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from fedmed.cli.fl_common import ExitCode
 from fedmed.cli.main import app
+from fedmed.fl.launch import deployment
 from fedmed.fl.launch.deployment import free_port
 from fedmed.fl.launch.processes import ProcessFile, describe
 from fedmed.fl.enrolment import Roster, create_identity
@@ -85,7 +86,8 @@ def test_a_busy_port_is_named_before_anything_starts(config, tmp_path):
     assert not (tmp_path / "run" / ".flower" / "superlink.log").exists()
 
 
-def test_processes_of_an_earlier_server_that_still_run_are_named(config, tmp_path):
+def test_processes_of_an_earlier_server_that_still_run_are_named(config, tmp_path, monkeypatch):
+    monkeypatch.setattr(deployment, "SURVIVOR_GRACE_S", 0.5)
     leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         home = tmp_path / "run" / ".flower"

@@ -36,6 +36,7 @@ from fedmed.fl.launch.processes import ProcessFile, die_with_parent, port_in_use
 from fedmed.fl.wire.components import COMPONENTS
 
 CONNECTION = "fedmed"  # the name of the SuperLink connection in the private Flower config
+SURVIVOR_GRACE_S = 30.0  # how long a start waits for an earlier server's ServerApp to stop by itself
 
 
 class DeploymentError(RuntimeError):
@@ -194,8 +195,8 @@ class Coordinator:
 
     def check_free(self) -> None:
         """`BusyError` when an earlier server's SuperLink or ServerApp still runs for this run
-        directory, or something else listens on the address."""
-        if survivors := self.processes.survivors():
+        directory `SURVIVOR_GRACE_S` seconds after the start, or something else listens on the address."""
+        if survivors := self.processes.survivors(grace_s=SURVIVOR_GRACE_S):
             listed = "\n".join(f"  pid {p.pid}: {p.command[:160]}" for p in survivors)
             raise BusyError(f"processes of an earlier `fedmed server` on {self.home.parent} still run:\n{listed}\n"
                             f"stop them (kill {' '.join(str(p.pid) for p in survivors)}) and start again")

@@ -120,9 +120,14 @@ class ProcessFile:
         except (OSError, ValueError, TypeError):
             return []
 
-    def survivors(self) -> list[Proc]:
-        """Processes recorded by an earlier command that still run."""
-        return [p for p in self.read() if p.alive()]
+    def survivors(self, *, grace_s: float = 0.0) -> list[Proc]:
+        """Processes recorded by an earlier command that still run `grace_s` seconds from now (or
+        earlier, once none does): Flower's ServerApp stops on its own, within seconds, after its
+        parent died."""
+        deadline = time.monotonic() + grace_s
+        while (running := [p for p in self.read() if p.alive()]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return running
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

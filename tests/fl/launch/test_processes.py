@@ -60,6 +60,24 @@ def test_without_it_the_child_outlives_its_parent_and_is_found_by_the_next_start
             os.kill(child, signal.SIGKILL)
 
 
+def test_a_survivor_that_stops_within_the_grace_is_none_and_one_that_does_not_is_named(tmp_path):
+    """An earlier server's ServerApp stops by itself within seconds of its parent's death: the next
+    start waits for it rather than refusing; one that goes on running is still named."""
+    brief = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    lasting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ProcessFile(tmp_path).record([describe(brief.pid)])
+        started = time.monotonic()
+        assert ProcessFile(tmp_path).survivors(grace_s=20) == []
+        assert time.monotonic() - started < 15
+        ProcessFile(tmp_path).record([describe(lasting.pid)])
+        assert [p.pid for p in ProcessFile(tmp_path).survivors(grace_s=1)] == [lasting.pid]
+    finally:
+        for process in (brief, lasting):
+            process.kill()
+            process.wait()
+
+
 def test_a_taken_port_is_seen():
     import socket
 
