@@ -30,7 +30,8 @@ from fedmed.cli.fl_common import (
 
 
 def simulate(
-    method: Optional[str] = typer.Option(None, help="fedsam, fedmsa, flap-sam or samed [default: the recipe's; fedmsa under the default recipe]"),
+    method: Optional[str] = typer.Option(None, help="fedsam, fedmsa, flap-sam or samed "
+                                                    "[default: the recipe's; fedmsa under the default recipe]"),
     recipe: Optional[str] = typer.Option(None, help="how the model is built and trained: default, flap-sam or "
                                                     "fedfms (docs/methods.md) [default: default]"),
     strategy: Optional[str] = typer.Option(None, help="the server's step: fedavg, fedavgm, fedadam, fedyogi, "
