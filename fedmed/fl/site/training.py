@@ -27,10 +27,12 @@ directory. The schedule's horizon is the site's own: rounds x local epochs of it
 
 FedProx's proximal term (mu/2) ||w - w_global||^2 over the trainable tensors enters by exactly one
 route. Plain training and client-level DP add its gradient, mu (w - w_global), to every trainable
-tensor's gradient during backward (`proximal_term`). DP-SGD must not see it there: a hook on the
-parameters would put it into the sum that is clipped, noised and divided by the expected batch, so
-it goes to `dp_train_local` as `proximal_gradient`, added once per step after the noise, unclipped
-(it depends on no example, so it costs no privacy). The reported loss is the task loss alone.
+tensor's gradient during backward (`proximal_term`). Under DP-SGD that hook is not installed: the
+fast clipping route forms no parameter gradient (the term would be silently dropped), and the
+per-parameter route of a large unit would put it inside the sum that is clipped, noised and divided
+by the expected batch. The term goes to `dp_train_local` as `proximal_gradient` instead, added once
+per step after the noise, unclipped (it depends on no example, so it costs no privacy). The
+reported loss is the task loss alone.
 """
 
 from __future__ import annotations
