@@ -160,9 +160,10 @@ class TensorRecord(_Body):
 class PrivacyBudget(_Body):
     """ε charged for a round. `dataset` is the fingerprint of the data charged (the ledger's key),
     `charge` the ledger's id of this charge, `study` the study it was spent on, `epsilon_cap` the
-    cap the ledger kept when it charged (so a cap raised later in the ledger file alone shows)."""
+    cap the ledger kept when it charged (so a cap raised later in the ledger file alone shows), `unit`
+    what the epsilon protects (one image, one patient, or the site's whole dataset under client-level DP)."""
 
-    omit_if_none = frozenset({"study", "dataset", "charge", "epsilon_cap"})
+    omit_if_none = frozenset({"study", "dataset", "charge", "epsilon_cap", "unit"})
 
     round: int = Round
     epsilon_round: float = Field(ge=0)
@@ -173,17 +174,21 @@ class PrivacyBudget(_Body):
     dataset: str | None = Field(default=None, pattern=HEX64)
     charge: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     epsilon_cap: float | None = Field(default=None, ge=0)
+    unit: Literal["image", "patient", "site"] | None = None
 
 
 class PrivacyReported(_Body):
     """What a site reported of its privacy budget in its reply, as the server received it: the
     server's view of every site's ε (a site's own `privacy_budget` entries are its ledger's word)."""
 
+    omit_if_none = frozenset({"unit"})
+
     round: int = Round
     peer: str = Field(pattern=_PARTY.pattern)
     epsilon_total: float = Field(ge=0)
     epsilon_round: float | None = Field(default=None, ge=0)
     delta: float | None = Field(default=None, ge=0, le=1)
+    unit: Literal["image", "patient", "site"] | None = None  # what the site says its epsilon protects
 
 
 class PrivacyCap(_Body):

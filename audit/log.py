@@ -256,16 +256,17 @@ class AuditLog:
 
     def privacy_budget(self, *, round: int, epsilon_round: float, epsilon_total: float, delta: float,
                        accountant: str, study: str | None = None, dataset: str | None = None,
-                       charge: str | None = None, epsilon_cap: float | None = None) -> Entry:
+                       charge: str | None = None, epsilon_cap: float | None = None, unit: str | None = None) -> Entry:
         return self.append("privacy_budget", dict(round=round, epsilon_round=epsilon_round,
                                                   epsilon_total=epsilon_total, delta=delta, accountant=accountant,
-                                                  study=study, dataset=dataset, charge=charge, epsilon_cap=epsilon_cap))
+                                                  study=study, dataset=dataset, charge=charge, epsilon_cap=epsilon_cap,
+                                                  unit=unit))
 
     def privacy_reported(self, *, round: int, peer: str, epsilon_total: float, epsilon_round: float | None = None,
-                         delta: float | None = None) -> Entry:
-        """The ε a site reported in its reply (the server's view of its budget)."""
+                         delta: float | None = None, unit: str | None = None) -> Entry:
+        """The ε a site reported in its reply (the server's view of its budget), and what it protects."""
         return self.append("privacy_reported", dict(round=round, peer=peer, epsilon_total=epsilon_total,
-                                                    epsilon_round=epsilon_round, delta=delta))
+                                                    epsilon_round=epsilon_round, delta=delta, unit=unit))
 
     def witness(self, head: LogHead, *, round: int | None = None) -> Entry:
         """Record another party's head (checked with `audit.heads.check_head` first)."""

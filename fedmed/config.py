@@ -289,10 +289,6 @@ def strategy_problems(recipe: str, training: TrainingSection, strategy: Strategy
     elif privacy.mode != "none" and training.resolved(recipe).keep_optimizer_state:
         problems.append(f"training.keep_optimizer_state under differential privacy (privacy.mode = {privacy.mode!r}) "
                         "is not supported yet: the DP routes make a new optimizer every round")
-    if privacy.mode == "sample" and strategy.resolved().mu > 0:
-        problems.append("fedprox's proximal term under DP-SGD (privacy.mode = 'sample') is not supported yet: "
-                        "the per-sample loss does not include it; use privacy.mode 'client' or 'none', or another "
-                        "strategy")
     return problems
 
 

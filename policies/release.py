@@ -31,7 +31,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "hello": ("name", "num_train", "num_val", "num_classes", "class_names", "normalisation", "layout", "fedmed",
               "identity", "audit_head"),
     "train": ("update", "layout", "num_examples", "train_loss", "steps", "epsilon", "epsilon_round", "delta",
-              "audit_head"),
+              "privacy_unit", "audit_head"),  # privacy_unit: what epsilon protects (image, patient, site)
     "secagg": ("protocol", "audit_head"),  # keys, encrypted shares, signatures, unmasking shares
     "evaluate": ("dice", "dice_per_class", "dice_oracle_boxes", "loss", "cases", "num_examples", "audit_head"),
 }

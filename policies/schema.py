@@ -27,6 +27,10 @@ says otherwise, so a missing rule is an error rather than a silent "anything goe
     modes                    optional (default both); DP modes accepted: "sample" (DP-SGD), "client"
     max_epsilon              optional; cap on the site's cumulative epsilon (absent: no cap)
     max_delta                optional; cap on delta (absent: no cap beyond delta < 1)
+    unit                     optional (default auto); what one DP-SGD guarantee protects: "patient" (all
+                             of a patient's images clipped together; a site whose data names no patients
+                             refuses), "image", or "auto": patient where the site's training data names
+                             patients (NIfTI and DICOM volumes, a 2D folder with patients.csv), else image
     [training]               optional; bounds on what the server sets for local training, each a
                              [min, max] pair (defaults: lr [1e-7, 1], local_epochs [1, 100],
                              batch_size [1, 4096], proximal_mu [0, 10])
@@ -58,6 +62,7 @@ __all__ = [
     "Method",
     "RecipeName",
     "DPMode",
+    "PrivacyUnitRule",
     "Weighting",
     "Policy",
     "TensorRules",
@@ -72,6 +77,7 @@ METHODS: tuple[str, ...] = ("fedsam", "fedmsa", "flap-sam", "samed")
 RecipeName = Literal["default", "flap-sam", "fedfms"]
 RECIPES: tuple[str, ...] = ("default", "flap-sam", "fedfms")  # fedmed.recipes.RECIPES (a test keeps them equal)
 DPMode = Literal["none", "sample", "client"]
+PrivacyUnitRule = Literal["auto", "patient", "image"]
 Weighting = Literal["samples", "equal"]
 
 
@@ -139,6 +145,7 @@ class PrivacyRules(_Rules):
     modes: tuple[Literal["sample", "client"], ...] = Field(default=("sample", "client"), min_length=1)
     max_epsilon: float | None = Field(default=None, gt=0)
     max_delta: float | None = Field(default=None, gt=0, lt=1)
+    unit: PrivacyUnitRule = "auto"
 
 
 class ServerRules(_Rules):

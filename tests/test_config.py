@@ -299,8 +299,8 @@ def test_what_cannot_run_together_is_refused_with_the_reason(tmp_path):
     assert load_federation_config(write(tmp_path, plain)).strategy.name == "krum"
     [problem] = problems(tmp_path, MINIMAL + '[model]\nrecipe = "fedfms"\n')  # DP-SGD by default
     assert "recipe 'fedfms' under differential privacy (privacy.mode = 'sample') is not supported yet" in problem
-    [problem] = problems(tmp_path, MINIMAL + '[strategy]\nname = "fedprox"\n')
-    assert "fedprox's proximal term under DP-SGD" in problem
+    dp_sgd = MINIMAL + '[strategy]\nname = "fedprox"\n'  # DP-SGD by default: the term after the noise
+    assert load_federation_config(write(tmp_path, dp_sgd)).strategy.name == "fedprox"
     client = MINIMAL + '[strategy]\nname = "fedprox"\n[privacy]\nmode = "client"\n'
     assert load_federation_config(write(tmp_path, client)).strategy.name == "fedprox"  # client DP: plain loss
     [problem] = problems(tmp_path, MINIMAL + '[training]\nkeep_optimizer_state = true\n[privacy]\nmode = "client"\n')

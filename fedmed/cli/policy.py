@@ -53,6 +53,8 @@ def describe(policy: Policy) -> list[tuple[str, str]]:
     dp_limits = [f"modes {', '.join(dp.modes)}"]
     dp_limits += [f"cumulative epsilon <= {dp.max_epsilon:g}"] if dp.max_epsilon is not None else []
     dp_limits += [f"delta <= {dp.max_delta:g}"] if dp.max_delta is not None else []
+    dp_limits += [{"auto": "per patient where the data names patients, else per image",
+                   "patient": "per patient (data naming no patients is refused)", "image": "per image"}[dp.unit]]
     cap = policy.max_bytes_per_round
     return [
         ("methods", ", ".join(policy.allowed_methods)),

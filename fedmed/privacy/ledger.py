@@ -33,7 +33,12 @@ the whole history. A site's message goes:
 A crash after training and before `record_round` loses no privacy (nothing left the site); one after
 `record_round` and before sending over-counts, which is safe. The mode, delta and accountant are
 fixed when the ledger is created: epsilons at different deltas, or of sample-level and client-level
-DP, do not compose, so a ledger opened with other values raises `LedgerMismatchError`.
+DP, do not compose, so a ledger opened with other values raises `LedgerMismatchError`. So is a
+sample-mode ledger's privacy unit (`unit`: "image" or "patient"; a ledger written before units were
+recorded is "image"), and every charge records it: a round at one unit says nothing tight about the
+other (an image-level epsilon protects a patient of k images only k-fold weaker, by group privacy; a
+patient-level one protects an image only as a change of one patient's data), so composing both
+into one number would under-count at either unit. A switch of unit is refused, never converted.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from pydantic import BaseModel, ConfigDict
 
 from audit.charges import privacy_records
 from fedmed.privacy.accounting import epsilon_of, merge_history
+from fedmed.privacy.config import PrivacyUnit
 from fedmed.privacy.ledger_file import (
     LEDGER_FILE,
     CapChange,
@@ -89,6 +95,7 @@ class PrivacyReport(BaseModel):
 
     round: int | None
     mode: Literal["sample", "client"]
+    unit: Literal["image", "patient", "site"]  # what epsilon protects: client mode protects the site's whole dataset
     epsilon_round: float  # this round alone
     epsilon_total: float  # the whole history, composed
     delta: float
@@ -103,8 +110,9 @@ class PrivacyReport(BaseModel):
     ledger_cap: float | None = None  # the ledger's own cap (a policy may hold the site below it)
 
     def audit_fields(self) -> dict:
-        """The charge's fields of the audit log's `privacy_budget` entry (study, dataset, charge, cap)."""
-        return dict(study=self.study, dataset=self.dataset, charge=self.charge, epsilon_cap=self.ledger_cap)
+        """The charge's fields of the audit log's `privacy_budget` entry (study, dataset, charge, cap, unit)."""
+        return dict(study=self.study, dataset=self.dataset, charge=self.charge, epsilon_cap=self.ledger_cap,
+                    unit=self.unit)
 
 
 def _finite(cap: float | None) -> float | None:
@@ -130,13 +138,16 @@ class PrivacyLedger:
         delta: float | None = None,
         epsilon_budget: float | None = None,
         accountant: str = "rdp",
+        unit: PrivacyUnit | None = None,
         dataset: str | None = None,
         audit_log: str | os.PathLike | None = None,
         audit_key: str | os.PathLike | None = None,
     ) -> PrivacyLedger:
         """Load the ledger of `dataset` (a fingerprint), or create it (in memory; on disk at the first round).
 
-        `delta=None` keeps an existing ledger's delta and is an error for a new one.
+        `delta=None` keeps an existing ledger's delta and is an error for a new one. `unit` (sample
+        mode: "image" or "patient"): a new ledger's; an existing one of another unit raises
+        `LedgerMismatchError`; None keeps an existing ledger's (a new one: "image").
         `epsilon_budget` (the policy's cap): a new ledger's cap; for an existing one it can only hold the
         site below the ledger's cap for this process, never raise it (`set_cap` does that).
         `audit_log`: the site's audit log; the ledger is reconciled with it (LedgerBehindLogError).
@@ -147,11 +158,11 @@ class PrivacyLedger:
             if delta is None:
                 raise LedgerError(f"{path}: a new ledger needs a delta")
             try:
-                record = LedgerRecord(mode=mode, delta=delta, accountant=accountant,
+                record = LedgerRecord(mode=mode, delta=delta, accountant=accountant, unit=unit or "image",
                                       epsilon_budget=_finite(epsilon_budget), dataset=dataset)
             except ValueError as error:
                 raise LedgerError(f"{path}: {error}") from None
-        _check_settings(path, record, mode=mode, delta=delta, accountant=accountant)
+        _check_settings(path, record, mode=mode, delta=delta, accountant=accountant, unit=unit)
         audit = None
         if audit_log is not None:
             key = str(Path(audit_key).resolve()) if audit_key is not None else record.audit_key
@@ -177,7 +188,7 @@ class PrivacyLedger:
         record = read_record(self.path)
         if record is not None:
             _check_settings(self.path, record, mode=self._record.mode, delta=self._record.delta,
-                            accountant=self._record.accountant)
+                            accountant=self._record.accountant, unit=self._record.unit)
             self._record = record
         return self._record
 
@@ -192,6 +203,16 @@ class PrivacyLedger:
     @property
     def accountant(self) -> str:
         return self._record.accountant
+
+    @property
+    def unit(self) -> PrivacyUnit:
+        """Sample mode: what every charge protects, one image or one patient (fixed at creation)."""
+        return self._record.unit
+
+    @property
+    def guarantee_unit(self) -> Literal["image", "patient", "site"]:
+        """What the ledger's epsilon protects: its unit in sample mode, the site's whole dataset in client mode."""
+        return self.unit if self.mode == "sample" else "site"
 
     @property
     def dataset(self) -> str | None:
@@ -263,7 +284,7 @@ class PrivacyLedger:
         A round past the cap raises `BudgetExceededError` and is not recorded."""
         charge = Charge(round=round, noise_multiplier=float(noise_multiplier), sample_rate=float(sample_rate),
                         steps=int(steps), epsilon_total=0.0, recorded_at=now(), charge=os.urandom(16).hex(),
-                        study=study)
+                        study=study, unit=self.unit)
 
         def add(record: LedgerRecord | None) -> LedgerRecord:
             record = self._merge(record)
@@ -279,7 +300,7 @@ class PrivacyLedger:
         self._record = update_record(self.path, add)
         alone = epsilon_of([(noise_multiplier, sample_rate, steps)], delta=self.delta, accountant=self.accountant)
         return PrivacyReport(
-            round=round, mode=self.mode, epsilon_round=alone, epsilon_total=charge.epsilon_total, delta=self.delta,
+            round=round, mode=self.mode, unit=self.guarantee_unit, epsilon_round=alone, epsilon_total=charge.epsilon_total, delta=self.delta,
             accountant=self.accountant, noise_multiplier=charge.noise_multiplier, sample_rate=charge.sample_rate,
             steps=charge.steps, epsilon_budget=self._cap_in_force(self._record), charge=charge.charge, study=study,
             dataset=self.dataset, ledger_cap=self._record.epsilon_budget,
@@ -304,7 +325,8 @@ class PrivacyLedger:
         """The record to change: the file's (checked against this ledger's settings), else this new one."""
         if on_disk is None:
             return self._record.model_copy(deep=True)
-        _check_settings(self.path, on_disk, mode=self.mode, delta=self.delta, accountant=self.accountant)
+        _check_settings(self.path, on_disk, mode=self.mode, delta=self.delta, accountant=self.accountant,
+                        unit=self.unit)
         if self._audit is not None:
             on_disk.audit_log, on_disk.audit_key = self._audit
         return on_disk
@@ -349,7 +371,8 @@ def _last_logged_cap(charges, caps) -> tuple[int, float] | None:
     return max(seen) if seen else None
 
 
-def _check_settings(path: Path, record: LedgerRecord, *, mode: str, delta: float | None, accountant: str) -> None:
+def _check_settings(path: Path, record: LedgerRecord, *, mode: str, delta: float | None, accountant: str,
+                    unit: str | None) -> None:
     problems = []
     if record.mode != mode:
         problems.append(f"mode is {record.mode!r}, asked for {mode!r}")
@@ -357,6 +380,10 @@ def _check_settings(path: Path, record: LedgerRecord, *, mode: str, delta: float
         problems.append(f"delta is {record.delta:g}, asked for {delta:g}")
     if record.accountant != accountant:
         problems.append(f"accountant is {record.accountant!r}, asked for {accountant!r}")
+    if record.mode == "sample" and unit is not None and record.unit != unit:
+        problems.append(f"its epsilon is per {record.unit}, asked to charge a round per {unit} (the two do not "
+                        "compose: the total would under-count; keep the unit, e.g. the policy's privacy.unit = "
+                        f"{record.unit!r})")
     if problems:
         raise LedgerMismatchError(
             f"{path}: " + "; ".join(problems) + ". Spent budget never resets: keep the ledger's "

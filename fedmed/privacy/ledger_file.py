@@ -21,6 +21,8 @@ from typing import Literal
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedmed.privacy.config import PrivacyUnit
+
 from audit.log import fsync_dir
 from fedmed.io import write_json
 
@@ -60,6 +62,7 @@ class Charge(BaseModel):
     recorded_at: str
     charge: str | None = None  # a random id, also in the audit log's privacy_budget entry (v2)
     study: str | None = None  # the study the round belonged to (v2)
+    unit: PrivacyUnit = "image"  # what the round's guarantee is per (its ledger's unit; absent before: image)
 
 
 class CapChange(BaseModel):
@@ -80,6 +83,7 @@ class LedgerRecord(BaseModel):
     mode: Literal["sample", "client"]
     delta: float = Field(gt=0, lt=1)
     accountant: Literal["rdp", "prv"]
+    unit: PrivacyUnit = "image"  # sample mode: what every charge protects, fixed at creation (absent: image)
     epsilon_budget: float | None = Field(default=None, ge=0)  # the site's cap (None: no cap)
     dataset: str | None = None  # the fingerprint this ledger is kept for
     audit_log: str | None = None  # the site's audit log this ledger reconciles with

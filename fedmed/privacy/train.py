@@ -58,13 +58,15 @@ def site_ledger(
     if delta is None and not (Path(state_dir) / LEDGER_FILE).exists():
         delta = 1.0 / num_samples
     return PrivacyLedger.open(
-        state_dir, mode=config.mode, delta=delta, epsilon_budget=epsilon_budget, accountant=config.accountant
+        state_dir, mode=config.mode, delta=delta, epsilon_budget=epsilon_budget, accountant=config.accountant,
+        unit=config.unit if config.mode == "sample" else None,
     )
 
 
 def round_plan(config: DPConfig, ledger: PrivacyLedger, *, num_samples: int, train_config: TrainConfig,
                groups: Sequence[str] | None = None) -> RoundPlan:
-    """The next round's plan at the ledger's delta; the ledger must account this config's guarantee.
+    """The next round's plan at the ledger's delta; the ledger must account this config's guarantee
+    (mode, accountant, delta and, in sample mode, unit: `LedgerMismatchError` otherwise).
 
     `num_samples`: training examples; `groups` (unit "patient"): one patient id per example.
     """
@@ -75,6 +77,8 @@ def round_plan(config: DPConfig, ledger: PrivacyLedger, *, num_samples: int, tra
         problems.append(f"ledger uses accountant {ledger.accountant!r}, config asks for {config.accountant!r}")
     if config.delta is not None and config.delta != ledger.delta:
         problems.append(f"ledger delta is {ledger.delta:g}, config asks for {config.delta:g}")
+    if config.mode == "sample" and ledger.mode == "sample" and ledger.unit != config.unit:
+        problems.append(f"ledger accounts epsilon per {ledger.unit}, config asks for a round per {config.unit}")
     if problems:
         raise LedgerMismatchError(f"{ledger.path}: " + "; ".join(problems))
     return plan_round(config, num_samples=num_samples, batch_size=train_config.batch_size,

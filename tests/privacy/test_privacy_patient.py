@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
 from fedmed.privacy import DPSGD, DPConfig, FastClipper, GroupingError, RoundPlan, Units, dp_train_local, epsilon_of
 from fedmed.privacy import dp_sgd as dp_sgd_module
-from fedmed.privacy import plan_round, site_ledger
+from fedmed.privacy import LEDGER_FILE, LedgerMismatchError, PrivacyLedger, plan_round, site_ledger
 from fedmed.train import SegmentationLoss, TrainConfig, boxes_from_masks
 
 from privacy_helpers import TinyDataset, make_batch, perturbed_model
@@ -129,3 +131,30 @@ def test_patient_unit_without_groups_is_refused_before_the_ledger_moves(tmp_path
             dp_train_local(perturbed_model("flap-sam", num_classes=2), TinyDataset(4), train, config, ledger, round=1,
                            groups=groups)
     assert ledger.epsilon_spent == 0.0
+
+
+def test_a_ledger_keeps_its_unit_and_refuses_a_round_of_the_other(tmp_path):
+    """Charges per image and per patient do not compose into one number that means either: a switch is refused."""
+    patient = DPConfig(mode="sample", noise_multiplier=1.1, unit="patient", delta=1e-3, seed=0)
+    ledger = site_ledger(tmp_path, patient, num_samples=2)
+    train = TrainConfig(batch_size=1, epochs=1, device="cpu")
+    _, report = dp_train_local(perturbed_model("flap-sam", num_classes=2), TinyDataset(4), train, patient, ledger,
+                               round=1, groups=["p0", "p0", "p1", "p1"])
+    assert report.unit == ledger.unit == ledger.record.rounds[0].unit == "patient"
+    image = patient.model_copy(update={"unit": "image"})
+    with pytest.raises(LedgerMismatchError, match="its epsilon is per patient, asked to charge a round per image"):
+        site_ledger(tmp_path, image, num_samples=4)
+    with pytest.raises(LedgerMismatchError, match="ledger accounts epsilon per patient, config asks for a round per image"):
+        dp_train_local(perturbed_model("flap-sam", num_classes=2), TinyDataset(4), train, image, ledger, round=2)
+    assert PrivacyLedger.open(tmp_path, mode="sample").unit == "patient"  # unit=None keeps the ledger's
+    assert ledger.rounds == 1
+
+
+def test_a_ledger_written_before_units_were_recorded_is_per_image(tmp_path):
+    (tmp_path / LEDGER_FILE).write_text(json.dumps({"format": "fedmed-privacy-ledger-v2", "mode": "sample",
+                                                   "delta": 1e-3, "accountant": "rdp", "rounds": []}))
+    assert PrivacyLedger.open(tmp_path, mode="sample", unit="image").unit == "image"
+    with pytest.raises(LedgerMismatchError, match="per image"):
+        PrivacyLedger.open(tmp_path, mode="sample", unit="patient")
+    client = PrivacyLedger.open(tmp_path / "client", mode="client", delta=1e-3, unit=None)
+    assert client.guarantee_unit == "site"  # client-level DP protects the whole dataset

@@ -34,7 +34,7 @@ from fedmed import __version__
 from fedmed.fl.plan import RunPlan
 from fedmed.fl.wire.layout import Layout
 from fedmed.fl.wire.messages import REFUSAL, refusal_reason, refusal_violations
-from fedmed.fl.wire.replies import audit_head, metric
+from fedmed.fl.wire.replies import audit_head, metric, privacy_unit
 from fedmed.fl.wire.tensors import SERVER_PARTY, is_masked, open_log, wire_tensors
 
 
@@ -125,7 +125,8 @@ class ServerJournal:
             if (epsilon := metric(content, "epsilon")) is not None:  # the server's view of the site's budget
                 items.append(("privacy_reported", dict(round=round, peer=peer, epsilon_total=float(epsilon),
                                                        epsilon_round=metric(content, "epsilon_round"),
-                                                       delta=metric(content, "delta"))))
+                                                       delta=metric(content, "delta"),
+                                                       unit=privacy_unit(content))))
             if (head := audit_head(content)) is not None:
                 items.append(self._witness(round, peer, head))
         if items:

@@ -43,7 +43,7 @@ from fedmed.fl.server.strategy import StrategyStateError, make_strategy
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.fl.wire.layout import Layout, pack
 from fedmed.fl.wire.messages import CONFIG, EVALUATE, GLOBAL, HELLO, LAYOUT_KEY, SiteHello
-from fedmed.fl.wire.replies import metric, per_class
+from fedmed.fl.wire.replies import metric, per_class, privacy_unit
 from fedmed.inference.card import write_model_card
 from fedmed.models import build_model, trainable_state
 
@@ -257,6 +257,7 @@ class Federation:
                 "train_loss": metric(trained, "train_loss") if name in samples else None,
                 "train_samples": samples.get(name),
                 "epsilon": metric(trained, "epsilon"), "delta": metric(trained, "delta"),
+                "privacy_unit": privacy_unit(trained),
                 "status": ("trained" if name in samples else "failed" if name in failures
                            else "holdout" if name == self.plan.holdout else "not chosen"),
                 "error": failures.get(name) or evaluation.failures.get(name),

@@ -2,17 +2,18 @@
 
 The site builds what it checks from its own knowledge, never from the server's word about itself:
 the server's identity from its own connection (`SiteSettings.own_server`; a simulation's in-process
-server is `localhost:simulation`, no transport), the sample count from its own data, the projected
-epsilon from its own ledger. What the server asks (method, recipe, tensors, secure aggregation, DP,
+server is `localhost:simulation`, no transport), the sample count from its own data, the DP-SGD unit
+from its policy and its data (`fedmed.fl.site.privacy.choose_unit`), the projected epsilon from its
+own ledger. What the server asks (method, recipe, tensors, secure aggregation, DP,
 FedProx's mu) comes
 from the instructions, read through the same mapping as a coordinator's `fedmed policy check
 --config` (`fedmed.config.make_round_request`), so both judge the same request alike.
 
     privacy = admit_round(session)            # RoundRefused (audited) or the round's SitePrivacy / None
 
-A violation, a DP setting the site cannot account, a recipe or proximal term its DP route cannot
-train yet (`fedmed.config.strategy_problems`), or a budget the round would overrun declines the
-round before the model is touched.
+A violation, a DP setting the site cannot account (a unit its data cannot give, a ledger of another
+unit), a recipe its DP route cannot train yet (`fedmed.config.strategy_problems`), or a budget the
+round would overrun declines the round before the model is touched.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from fedmed.config import make_round_request, strategy_problems
-from fedmed.fl.site.privacy import PrivacySetupError, SitePrivacy, dp_config
+from fedmed.fl.site.privacy import PrivacySetupError, SitePrivacy, choose_unit, dp_config
 from fedmed.fl.site.session import SiteSession
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.fl.wire.layout import Layout
@@ -86,12 +87,13 @@ def admit_round(session: SiteSession) -> SitePrivacy | None:
             raise ValueError(f"this site cannot train as asked: {problem}")
         session.request = round_request(instructions, session.settings.own_server(), layout=session.layout,
                                         local_samples=samples)
-        config = dp_config(instructions.privacy, planned_rounds=instructions.federation.rounds)
-        if config is not None:
+        if instructions.privacy.mode != "none":
+            unit = choose_unit(policy, session.data.train, party=session.party)
+            config = dp_config(instructions.privacy, planned_rounds=instructions.federation.rounds, unit=unit)
             privacy = SitePrivacy.open(config, state_dir=session.settings.state_dir,
                                        dataset=session.runtime.fingerprint, audit=session.audit_files,
                                        party=session.party, policy=policy, instructions=instructions,
-                                       num_samples=samples)
+                                       train=session.data.train)
     except (PrivacySetupError, ValidationError, ValueError) as error:
         session.decide("instructions", [error])
         raise session.refuse(f"{session.party} declines round {round}: {_unusable(error)}",

@@ -12,6 +12,12 @@ instructions); the site decides the rest itself:
   reconciled with its audit log when opened (a ledger behind the log is refused, never reset);
 - the noise: calibrated so that the planned rounds spend the federation's target epsilon (a server
   that understates the rounds only makes the site decline sooner: the ledger caps the total).
+- the unit (DP-SGD): what one clipped gradient is and what epsilon protects, from its policy's
+  `privacy.unit` and its own data (`choose_unit`): "patient" (all of a patient's training images
+  sampled and clipped as one; the sample rate is batch / patients, delta at most 1/patients) where
+  the data names patients, or where the policy requires it (data that cannot name them refuses);
+  "image" otherwise. The ledger keeps its unit and refuses a round of the other
+  (`fedmed.privacy.ledger`); the charge, the audit entry and the reply's `privacy_unit` say it.
 
 `SitePrivacy.project()` runs before training and gives the epsilon the site would reach after the
 round, which the policy check compares with the budget; `train()` runs `dp_train_local`, which
@@ -25,6 +31,7 @@ from pathlib import Path
 
 from fedmed.config import PrivacySection
 from fedmed.data import SiteData
+from fedmed.data.types import CaseDataset
 from fedmed.fl.wire.instructions import Instructions
 from fedmed.models import SamSegmenter
 from fedmed.privacy import (
@@ -32,10 +39,13 @@ from fedmed.privacy import (
     LedgerError,
     PrivacyLedger,
     PrivacyReport,
+    Proximal,
     RoundPlan,
     dp_train_local,
+    privacy_units,
     round_plan,
 )
+from fedmed.privacy.config import PrivacyUnit
 from fedmed.privacy.ledger_file import ledger_path
 from fedmed.train import TrainConfig, TrainResult
 from policies import Policy
@@ -45,16 +55,41 @@ class PrivacySetupError(RuntimeError):
     """The site cannot account DP as asked (no state directory, a ledger of another guarantee)."""
 
 
-def dp_config(section: PrivacySection, *, planned_rounds: int) -> DPConfig | None:
-    """The round's DP settings from the federation's `[privacy]` section; None when DP is off."""
+def names_patients(train: CaseDataset) -> bool:
+    """Whether the training data says which examples are one patient's: a patient with several
+    examples (the slices of a volume, a patients.csv grouping images), or a patient named apart from
+    its case (a patients.csv, DICOM's PatientID). A 2D folder without patients.csv and the synthetic
+    data make each image its own patient: they name none."""
+    patients, cases = train.patient_ids(), train.case_ids()
+    return len(set(patients)) < len(patients) or any(p != c for p, c in zip(patients, cases))
+
+
+def choose_unit(policy: Policy | None, train: CaseDataset, *, party: str) -> PrivacyUnit:
+    """The site's DP-SGD unit: its policy's `privacy.unit` ("auto" without a policy) on its own data."""
+    rule = policy.privacy.unit if policy is not None else "auto"
+    named = names_patients(train)
+    if rule == "patient" and not named:
+        raise PrivacySetupError(
+            f"{party}: this site's policy requires patient-level DP (privacy.unit = 'patient'), but its training "
+            f"data names no patients: each of its {len(train)} training images is its own case. Name them (a 2D "
+            "folder: patients.csv with columns image,patient; NIfTI and DICOM volumes name them per volume), or "
+            "set privacy.unit to 'auto' or 'image'")
+    return "image" if rule == "image" or not named else "patient"
+
+
+def dp_config(section: PrivacySection, *, planned_rounds: int, unit: PrivacyUnit = "image") -> DPConfig | None:
+    """The round's DP settings from the federation's `[privacy]` section and the site's unit (DP-SGD's
+    only: client-level DP protects the whole dataset); None when DP is off."""
     if section.mode == "none":
         return None
     return DPConfig(mode=section.mode, target_epsilon=section.epsilon, noise_multiplier=section.noise_multiplier,
-                    max_grad_norm=section.max_grad_norm, planned_rounds=planned_rounds)
+                    max_grad_norm=section.max_grad_norm, planned_rounds=planned_rounds,
+                    unit=unit if section.mode == "sample" else "image")
 
 
 def site_delta(num_samples: int, policy: Policy | None, asked: float | None) -> float:
-    """The delta a new ledger takes: min(1/N, the policy's cap, the federation's delta)."""
+    """The delta a new ledger takes: min(1/N, the policy's cap, the federation's delta); N counts
+    privacy units (patients at unit "patient")."""
     caps = [1.0 / max(1, num_samples)]
     if policy is not None and policy.privacy.max_delta is not None:
         caps.append(policy.privacy.max_delta)
@@ -66,32 +101,37 @@ def site_delta(num_samples: int, policy: Policy | None, asked: float | None) -> 
 class SitePrivacy:
     """One message's DP at a site: its ledger, the round's plan, and what the round spent."""
 
-    def __init__(self, config: DPConfig, ledger: PrivacyLedger, plan: RoundPlan):
-        self.config, self.ledger, self.plan = config, ledger, plan
+    def __init__(self, config: DPConfig, ledger: PrivacyLedger, plan: RoundPlan, groups: list[str] | None = None):
+        self.config, self.ledger, self.plan, self.groups = config, ledger, plan, groups
         self.report: PrivacyReport | None = None
 
     @classmethod
     def open(cls, config: DPConfig, *, state_dir: str | None, dataset: str, audit: tuple[Path, Path] | None,
-             party: str, policy: Policy | None, instructions: Instructions, num_samples: int) -> SitePrivacy:
+             party: str, policy: Policy | None, instructions: Instructions, train: CaseDataset) -> SitePrivacy:
         """The ledger of the site's dataset (`dataset`: its fingerprint; created on its first DP round),
-        reconciled with its audit log (`audit`: the log and its key), and the plan of this round."""
+        reconciled with its audit log (`audit`: the log and its key), and the plan of this round on the
+        training split `train` at `config.unit` (patient: its `patient_ids()` group the examples)."""
         if state_dir is None:
             raise PrivacySetupError(f"{party}: differential privacy needs the site's state directory (its privacy "
                                     "ledger lives there); start the site with a state directory")
+        patient = config.mode == "sample" and config.unit == "patient"
+        groups = train.patient_ids() if patient else None
         existing = ledger_path(state_dir, dataset).exists()
-        delta = None if existing else site_delta(num_samples, policy, instructions.privacy.delta)
+        units = privacy_units(config, len(train), groups)
+        delta = None if existing else site_delta(units, policy, instructions.privacy.delta)
         budget = policy.privacy.max_epsilon if policy is not None else None
         log, key = audit if audit is not None else (None, None)
         try:
             ledger = PrivacyLedger.open(state_dir, mode=config.mode, delta=delta, epsilon_budget=budget,
                                         accountant=config.accountant, dataset=dataset,
+                                        unit=config.unit if config.mode == "sample" else None,
                                         audit_log=log if log is not None and log.exists() else None, audit_key=key)
-            plan = round_plan(config, ledger, num_samples=num_samples,
+            plan = round_plan(config, ledger, num_samples=len(train), groups=groups,
                               train_config=TrainConfig(batch_size=instructions.training.batch_size,
                                                        epochs=instructions.training.local_epochs))
         except LedgerError as error:
             raise PrivacySetupError(str(error)) from None
-        return cls(config, ledger, plan)
+        return cls(config, ledger, plan, groups)
 
     def project(self) -> float:
         """The site's cumulative epsilon if this round is trained (before any training)."""
@@ -106,9 +146,10 @@ class SitePrivacy:
         """The site's cap: its policy's, else the one its ledger keeps from before (None: no cap)."""
         return self.ledger.epsilon_budget
 
-    def train(self, model: SamSegmenter, data: SiteData, config: TrainConfig, *, round: int,
-              study: str) -> TrainResult:
-        """The round's DP training; the ledger has recorded it (for `study`) when this returns."""
+    def train(self, model: SamSegmenter, data: SiteData, config: TrainConfig, *, round: int, study: str,
+              proximal: Proximal | None = None) -> TrainResult:
+        """The round's DP training at the plan's unit; the ledger has recorded it (for `study`) when this
+        returns. `proximal` (DP-SGD only): a data-independent term's gradient, added after the noise."""
         result, self.report = dp_train_local(model, data.train, config, self.config, self.ledger, round=round,
-                                             study=study)
+                                             study=study, groups=self.groups, proximal=proximal)
         return result

@@ -63,7 +63,7 @@ def release_violations(policy: Policy, payload: PayloadSummary, request: RoundRe
 
 def release(session: SiteSession, privacy: SitePrivacy | None, *, masked: bool) -> dict[str, float]:
     """Check the trained round's update before it is masked and sent; returns the reply's privacy
-    metrics (epsilon, epsilon-round, delta; empty without DP) or raises the audited `RoundRefused`."""
+    fields (epsilon, epsilon_round, delta, privacy_unit; empty without DP) or raises the audited `RoundRefused`."""
     report = privacy.report if privacy is not None else None
     if session.policy is not None:
         payload = payload_summary(session.layout, round=session.round, dp_mode=report.mode if report else "none",
@@ -79,4 +79,5 @@ def release(session: SiteSession, privacy: SitePrivacy | None, *, masked: bool) 
     session.decisions.append(("privacy_budget", dict(
         round=session.round, epsilon_round=report.epsilon_round, epsilon_total=report.epsilon_total,
         delta=report.delta, accountant=report.accountant, **report.audit_fields())))
-    return {"epsilon": report.epsilon_total, "epsilon_round": report.epsilon_round, "delta": report.delta}
+    return {"epsilon": report.epsilon_total, "epsilon_round": report.epsilon_round, "delta": report.delta,
+            "privacy_unit": report.unit}

@@ -25,9 +25,14 @@ of later rounds (a run of the same key abandoned earlier). A state that cannot b
 fit the model is a refusal naming the file (`OptimizerStateError`); keeping it needs a state
 directory. The schedule's horizon is the site's own: rounds x local epochs of its own batches.
 
-FedProx's proximal term (mu/2) ||w - w_global||^2 over the trainable tensors is added to the local
-loss as its gradient, mu (w - w_global), on every trainable tensor's gradient during backward
-(`proximal_term`); the reported loss is the task loss alone.
+FedProx's proximal term (mu/2) ||w - w_global||^2 over the trainable tensors enters by exactly one
+route. Plain training and client-level DP add its gradient, mu (w - w_global), to every trainable
+tensor's gradient during backward (`proximal_term`). Under DP-SGD that hook is not installed: the
+fast clipping route forms no parameter gradient (the term would be silently dropped), and the
+per-parameter route of a large unit would put it inside the sum that is clipped, noised and divided
+by the expected batch. The term goes to `dp_train_local` as `proximal_gradient` instead, added once
+per step after the noise, unclipped (it depends on no example, so it costs no privacy). The
+reported loss is the task loss alone.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from fedmed.fl.site.privacy import SitePrivacy
 from fedmed.fl.site.session import SiteSession
 from fedmed.fl.wire.transcript import vector_sha256
 from fedmed.models import SamSegmenter, trainable_state
+from fedmed.privacy import Proximal
 from fedmed.recipes import get_recipe
 from fedmed.train import TrainConfig, TrainResult, train_local
 from fedmed.train.optim import OptimizerStateError, load_state, save_state
@@ -138,6 +144,16 @@ def proximal_term(model: SamSegmenter, mu: float) -> Iterator[None]:
             handle.remove()
 
 
+def proximal_gradient(model: SamSegmenter, mu: float) -> Proximal | None:
+    """DP-SGD's route for the proximal term: w -> {name: mu (w - w0)}, w0 the trainable tensors now
+    (the global model); None at mu = 0."""
+    if mu == 0:
+        return None
+    params = dict(model.named_parameters())
+    anchor = {name: params[name].detach().clone() for name in model.trainable_names}
+    return lambda current: {name: mu * (w - anchor[name].to(w.device)) for name, w in current.items()}
+
+
 def train_round(session: SiteSession, privacy: SitePrivacy | None, start: np.ndarray) -> TrainResult:
     """Train the session's model (holding the global vector `start`) on the site's training split."""
     instructions, data = session.instructions, session.data
@@ -147,10 +163,13 @@ def train_round(session: SiteSession, privacy: SitePrivacy | None, start: np.nda
                                       epochs=instructions.federation.rounds * training.local_epochs)
     config = training.train_config(recipe=recipe, seed=training_seed(session, start),
                                    device=session.settings.device, total_steps=total_steps)
-    with proximal_term(session.model, instructions.strategy.mu):
-        if privacy is not None:  # admission refuses the recipes and terms DP cannot train yet
-            return privacy.train(session.model, data, config, round=instructions.round,
-                                 study=instructions.federation.name)
+    mu, study = instructions.strategy.mu, instructions.federation.name
+    if privacy is not None and privacy.config.mode == "sample":  # the proximal term after the noise, no hook
+        return privacy.train(session.model, data, config, round=instructions.round, study=study,
+                             proximal=proximal_gradient(session.model, mu))
+    with proximal_term(session.model, mu):
+        if privacy is not None:  # client-level DP; admission refuses the recipes DP cannot train yet
+            return privacy.train(session.model, data, config, round=instructions.round, study=study)
         if not training.keep_optimizer_state:
             return train_local(session.model, data.train, config)
         return _train_keeping_state(session, config)

@@ -4,7 +4,7 @@ and their place on the wire.
 A site assembles each reply as {field: value}, lets its policy's manifest reduce it
 (`policies.reduce`), and `content` lays what is left out as Flower records: the update (the plain
 vector, or the masked input) under its own record, the layout digest and the protocol message as
-theirs, the site's audit-log head as `audit-head`, every number in one `metrics` record (a
+theirs, the site's audit-log head as `audit-head`, what its epsilon protects as `privacy-unit`, every number in one `metrics` record (a
 per-class Dice as `dice_per_class/<class>`). `fields_of` reads a reply back into field names, for
 the server and for tests that hold a reply to its manifest.
 """
@@ -19,6 +19,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from fedmed.fl.wire.messages import LAYOUT_KEY, METRICS, SECAGG_KEY, SITE, UPDATE
 
 AUDIT_HEAD = "audit-head"  # ConfigRecord {"head": the sender's signed audit-log head, as text}
+PRIVACY_UNIT = "privacy-unit"  # ConfigRecord {"unit": what the reported epsilon protects: image, patient, site}
 PER_CLASS = "dice_per_class/"
 
 
@@ -36,6 +37,8 @@ def content(fields: dict[str, Any]) -> RecordDict:
             records[SECAGG_KEY] = value
         elif name == "audit_head":
             records[AUDIT_HEAD] = ConfigRecord({"head": value})
+        elif name == "privacy_unit":
+            records[PRIVACY_UNIT] = ConfigRecord({"unit": str(value)})
         elif name == "dice_per_class":
             metrics.update({PER_CLASS + cls: float(v) for cls, v in value.items()})
         else:
@@ -59,6 +62,8 @@ def fields_of(kind: Literal["hello", "train", "secagg", "evaluate"], reply: Reco
             names.add("layout")
         elif key == AUDIT_HEAD:
             names.add("audit_head")
+        elif key == PRIVACY_UNIT:
+            names.add("privacy_unit")
         elif key == METRICS:
             names |= {"dice_per_class" if k.startswith(PER_CLASS) else k for k in record}
         else:
@@ -78,6 +83,12 @@ def per_class(reply: RecordDict) -> dict[str, float]:
     if not isinstance(record, MetricRecord):
         return {}
     return {k.removeprefix(PER_CLASS): float(v) for k, v in record.items() if k.startswith(PER_CLASS)}
+
+
+def privacy_unit(reply: RecordDict) -> str | None:
+    """What a train reply's epsilon protects ("image", "patient", "site"), if the site said."""
+    record = reply.get(PRIVACY_UNIT) if isinstance(reply, RecordDict) else None
+    return str(record["unit"]) if isinstance(record, ConfigRecord) and "unit" in record else None
 
 
 def audit_head(content: RecordDict) -> str | None:

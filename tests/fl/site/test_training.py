@@ -1,6 +1,6 @@
 """A site's training in a federation: the recipe, its optimizer state kept across rounds in the site's
 state directory (resumed with the run, refused when unreadable), FedProx's proximal term, and the
-refusals of what DP cannot train yet."""
+refusal of what DP cannot train yet (FedProx under DP-SGD: tests/fl/site/test_patient_dp.py)."""
 
 from __future__ import annotations
 
@@ -151,14 +151,12 @@ def test_fedprox_keeps_a_round_of_local_training_closer_to_the_global_model():
     assert moved[50.0] < 0.8 * moved[0.0], moved
 
 
-def test_a_site_declines_a_recipe_or_proximal_term_its_dp_route_cannot_train_whatever_the_plan(tmp_path):
+def test_a_site_declines_a_recipe_its_dp_route_cannot_train_whatever_the_plan(tmp_path):
     sites = guarded_sites(tmp_path, "research")
-    for changes in ({"model": FLAP}, {"strategy": StrategySection(name="fedprox").resolved()}):
-        plan = guarded_plan(tmp_path / str(len(changes)), min_clients=1)
-        plan = plan.model_copy(update=changes)  # a server that skips the plan's own checks
-        with pytest.raises(RoundFailed) as failure:
-            run_federation(grid_of(sites), plan)
-        assert "cannot train as asked" in str(failure.value) and "not supported yet" in str(failure.value)
+    plan = guarded_plan(tmp_path / "flap", min_clients=1).model_copy(update={"model": FLAP})  # skips the plan's checks
+    with pytest.raises(RoundFailed) as failure:
+        run_federation(grid_of(sites), plan)
+    assert "cannot train as asked" in str(failure.value) and "not supported yet" in str(failure.value)
 
 
 def test_the_site_reads_fedproxs_mu_and_the_recipe_from_the_instructions_into_its_policy_check():
