@@ -128,8 +128,9 @@ def check(
     config: Annotated[Path, typer.Option("--config", "-c", help="the federation.toml to check")],
     state: Annotated[list[Path] | None, typer.Option(
         "--state", help="a site's state folder (its ledgers): predict what the study would cost it; repeatable")] = None,
-    samples: Annotated[int | None, typer.Option(min=1, help="the site's training samples (sample-level DP: they set "
-                                                "its sampling rate and steps)")] = None,
+    samples: Annotated[int | None, typer.Option(min=1, help="the site's privacy units: its patients where it trains "
+                                                "at the patient unit (volumes, a patients.csv), else its training "
+                                                "images (sample-level DP: they set its sampling rate and steps)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Which settings of a federation config a site with this policy would refuse, and (with DP) what the
@@ -190,7 +191,7 @@ def _predictions(fed: FederationConfig, policy: Policy, states: list[Path], samp
         return []
     if samples is None and fed.privacy.mode == "sample":
         if states:
-            raise _fail(ValueError("--state needs --samples N (the site's training samples) under sample-level DP"))
+            raise _fail(ValueError("--state needs --samples N (the site's privacy units: patients or training images) under sample-level DP"))
         return []
     found: list[tuple[str, PrivacyLedger | None]] = []
     for folder in states:

@@ -9,7 +9,9 @@ the ledger's δ (a new ledger's δ is min(1/N, the policy's cap, the study's δ)
 rate 1 / ceil(N / batch) for `epochs` passes; the ledger then composes every round it ever charged
 (`fedmed.privacy.ledger_admin.study_cost`) against the cap in force (the ledger's, or the policy's
 when lower). A site without a ledger yet is predicted on an empty one with its policy's cap.
-Client-level DP samples every round once (N does not matter).
+N counts the site's privacy units: its patients where it trains at the patient unit (rate and steps
+are the same formulas over patients), else its training images. Client-level DP samples every round
+once (N does not matter).
 """
 
 from __future__ import annotations
