@@ -128,16 +128,19 @@ def _masked(x) -> str:
     return "<span class='no'>no</span>" if x.direction == "sent" else "no"
 
 
+_PROTECTS = {"patient": "one patient", "image": "one image", "site": "the site's data"}
+
+
 def _rounds_table(s: AuditSummary) -> str:
     rows = [[escape(r.study or "–"), str(r.round), str(r.messages), str(r.tensors_sent), human_bytes(r.bytes_sent),
              human_bytes(r.model_sent) if r.model_sent else "–",
              f"<span class='no'>{r.unmasked_sent}</span>" if r.unmasked_sent else "0",
              str(r.tensors_received), human_bytes(r.bytes_received), _f(r.epsilon_added), _f(r.epsilon_total),
-             _f(r.delta), {True: "accepted", False: "<span class='no'>rejected</span>", None: "–"}[r.policy_accepted],
+             _PROTECTS.get(r.unit, "–"), _f(r.delta), {True: "accepted", False: "<span class='no'>rejected</span>", None: "–"}[r.policy_accepted],
              str(r.refusals), str(r.errors)] for r in s.rounds]
     return _table(["study", "round", "messages", "tensors sent", "bytes sent", "of which the global model",
-                   "site data unmasked", "tensors received", "bytes received", "ε added", "ε total", "δ", "policy",
-                   "refusals", "errors"], rows, numeric=set(range(2, 12)) | {13, 14})
+                   "site data unmasked", "tensors received", "bytes received", "ε added", "ε total", "ε protects", "δ",
+                   "policy", "refusals", "errors"], rows, numeric=set(range(2, 11)) | {12, 14, 15})
 
 
 def _reported_table(s: AuditSummary) -> str:

@@ -54,6 +54,7 @@ class RoundRow(BaseModel):
     epsilon_total: float | None = None
     delta: float | None = None
     accountant: str | None = None
+    unit: str | None = None  # what ε protects: "patient", "image" or "site" (client-level DP); None: not said
     policy_accepted: bool | None = None
     refusals: int = 0
     errors: int = 0
@@ -173,6 +174,7 @@ def summarize_entries(entries: list[Entry], verification: VerifyReport,
             rr = row(b["round"])
             rr.epsilon_added = (rr.epsilon_added or 0.0) + rises.get(e.seq, 0.0)
             rr.epsilon_total, rr.delta, rr.accountant = b["epsilon_total"], b["delta"], b["accountant"]
+            rr.unit = b.get("unit")
         elif e.kind == "privacy_reported":
             row(b["round"]).reported[b["peer"]] = b["epsilon_total"]
         elif e.kind == "policy_decision":

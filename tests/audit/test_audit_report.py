@@ -66,6 +66,20 @@ def test_epsilon_added_is_the_rise_of_the_total_not_the_round_alone(tmp_path: Pa
     assert "a · 1" in page and "b · 2" in page and "study · round" in page  # axis labels name the study
 
 
+def test_the_report_says_what_each_rounds_epsilon_protects(tmp_path: Path) -> None:
+    """ε per patient and ε per image are different guarantees: the auditor reads which one each charge is."""
+    with open_party_log(tmp_path, "site-1") as log:
+        for r, unit in ((1, "patient"), (2, None)):
+            log.run_start(role="site", study="s", config={"message": "train", "round": r})
+            log.privacy_budget(round=r, epsilon_round=1.0, epsilon_total=float(r), delta=1e-5, accountant="rdp",
+                               study="s", unit=unit)
+            log.run_end()
+    summary = summarize(tmp_path / "site-1.jsonl")
+    assert [r.unit for r in summary.rounds] == ["patient", None]
+    page = render_html(summary)
+    assert "ε protects" in page and "<td>one patient</td>" in page and "one image" not in page
+
+
 def test_a_sites_messages_are_gathered_by_study_and_round(tmp_path: Path) -> None:
     federate(tmp_path / "site", tmp_path / "a", rounds=2, study="study-a")
     federate(tmp_path / "site", tmp_path / "b", rounds=2, study="study-b", evaluate=False)
