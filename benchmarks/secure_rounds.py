@@ -130,7 +130,7 @@ def check_costs(sites: int, *, dp: bool, history: int, repeats: int, out: Path) 
                                         policy="research", audit=False)
     site, roster = settings[0], Roster.load(plan.roster)
     runtime, identity = SiteRuntime(site), load_identity(site.identity)
-    instructions = round_instructions(plan, 1, num_classes=2, num_clients=sites)
+    instructions = round_instructions(plan, 1, num_classes=2, num_clients=sites, run_id="bench")
     probe = SiteSession(site, runtime, None, "secure aggregation")
     probe.prepare(instructions)  # builds the site's data and model once, as a running site has them
     layout = Layout.of(trainable_state(probe.model))
