@@ -201,7 +201,8 @@ def check_costs(sites: int, *, dp: bool, history: int, repeats: int, out: Path) 
     }
     costs["total"] = sum(costs.values())
     return {"sites": sites, "dp": dp, "history": history, "vector_length": layout.numel,
-            "memory_first_read_ms": round(1e3 * first_read[0], 3), "memory_first_read_cpu_ms": round(1e3 * first_read[1], 3),
+            "memory_first_read_ms": round(1e3 * first_read[0], 3),
+            "memory_first_read_cpu_ms": round(1e3 * first_read[1], 3),
             "ms": {k: round(1e3 * float(v[0]), 3) for k, v in costs.items()},
             "cpu_ms": {k: round(1e3 * float(v[1]), 3) for k, v in costs.items()}}
 

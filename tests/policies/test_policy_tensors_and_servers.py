@@ -71,7 +71,8 @@ def test_the_check_reports_exactly_the_refused_names(names):
 glob = st.text(alphabet="ab.*?[]!_0", min_size=1, max_size=8).filter(lambda g: g == g.strip())
 
 
-@given(st.lists(glob, min_size=1, max_size=4), st.lists(glob, max_size=3), st.text(alphabet="ab.*?[]!_0XY", max_size=10))
+@given(st.lists(glob, min_size=1, max_size=4), st.lists(glob, max_size=3),
+       st.text(alphabet="ab.*?[]!_0XY", max_size=10))
 def test_a_tensor_may_leave_exactly_when_fnmatch_says_so(allow, deny, name):
     """The check matches all of a policy's globs at once; it decides as `fnmatchcase` glob by glob."""
     policy = policy_with("research", tensors={"allow": allow, "deny": deny})

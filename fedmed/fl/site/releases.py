@@ -15,9 +15,9 @@ the victim dropping out). So, per enrolment roster, a site remembers in `<state_
 Without DP a site never agrees to a second sum from the same global vector over another set of
 sites: it refuses at the setup a round whose participants cannot make the earlier set
 (`admit_session`, which then remembers the session), and before it signs the survivors or reveals
-a share any other survivor set (`check_sum`). The same round repeated with the same survivors is fine (the sum is of the same
-updates: a resumed run). Under DP it may, because every release is charged to its privacy ledger
-and a replay costs budget.
+a share any other survivor set (`check_sum`). The same round repeated with the same survivors is
+fine (the sum is of the same updates: a resumed run). Under DP it may, because every release is
+charged to its privacy ledger and a replay costs budget.
 
 The memory is a journal, one JSON entry a line, only ever appended to: every change is one line
 written and fsync'd under an OS file lock before the call returns (the directory too when the file
@@ -34,7 +34,6 @@ journal (`releases.json`, one JSON document) is read too, never written.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -203,18 +202,19 @@ class ReleaseMemory:
     def _append(self, entry: SessionEntry | SumEntry | EvaluationEntry) -> None:
         """Write one entry (under the lock, after `_sync`): fsync'd before it counts."""
         whole = self._read_to[2] if self._read_to is not None else 0
-        new = self._read_to is None
+        line = (entry.model_dump_json() + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             if os.fstat(fd).st_size > whole:
                 os.ftruncate(fd, whole)  # a torn last line (a crashed write) is cut off before the next entry
-            line = (entry.model_dump_json() + "\n").encode()
-            os.write(fd, line)
+            rest = memoryview(line)
+            while rest:  # a short write leaves a torn line: cut off by the next append
+                rest = rest[os.write(fd, rest):]
             os.fsync(fd)
             stat = os.fstat(fd)
         finally:
             os.close(fd)
-        if new:  # the journal's name must survive a crash too
+        if whole == 0:  # the journal's first entry: its name must survive a crash too
             directory = os.open(self.folder, os.O_RDONLY)
             try:
                 os.fsync(directory)
