@@ -8,8 +8,9 @@ the request or payload that breaks it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from fnmatch import fnmatchcase
+from fnmatch import translate
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -75,27 +76,32 @@ def _listing(names: list[str]) -> str:
     return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatchcase(name, p) for p in patterns)
+def _globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One regex that matches a name exactly when one of the fnmatch globs `patterns` does (as
+    `fnmatchcase`: case-sensitive, the whole name); none: matches nothing. One match a name instead
+    of one a pattern; `re` keeps the compiled pattern, so a policy's globs are compiled once."""
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns) or "(?!)")
 
 
 def tensor_allowed(policy: Policy, name: str) -> bool:
     """Whether a tensor of this name may leave: some `allow` glob matches and no `deny` glob does."""
-    return _matches(name, policy.tensors.allow) and not _matches(name, policy.tensors.deny)
+    allow, deny = _globs(policy.tensors.allow), _globs(policy.tensors.deny)
+    return allow.match(name) is not None and deny.match(name) is None
 
 
 def _tensors(policy: Policy, names: Iterable[str], field: str) -> list[Violation]:
     allow, deny = policy.tensors.allow, policy.tensors.deny
+    allowed, denied_by = _globs(allow).match, _globs(deny).match
     names = list(names)
     out = []
-    unmatched = [n for n in names if not _matches(n, allow)]
+    unmatched = [n for n in names if allowed(n) is None]
     if unmatched:
         out.append(Violation(
             rule="tensors.allow", field=field, items=tuple(unmatched),
             message=f"{len(unmatched)} tensor(s) match no allowed pattern ({', '.join(allow)}) "
                     f"and may not leave this site: {_listing(unmatched)}",
         ))  # fmt: skip
-    denied = [n for n in names if _matches(n, allow) and _matches(n, deny)]
+    denied = [n for n in names if allowed(n) is not None and denied_by(n) is not None]
     if denied:
         out.append(Violation(
             rule="tensors.deny", field=field, items=tuple(denied),

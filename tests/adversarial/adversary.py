@@ -30,6 +30,7 @@ from fedmed.fl.launch.inprocess import InProcessGrid
 from fedmed.fl.launch.simulation import prepare_simulation
 from fedmed.fl.plan import RunPlan
 from fedmed.fl.site.client_app import make_client_app
+from fedmed.fl.site.releases import ReleaseMemory
 from fedmed.fl.site.runtime import dataset_fingerprint
 from fedmed.fl.site.settings import SiteSettings
 from fedmed.fl.wire.instructions import Instructions
@@ -94,9 +95,7 @@ class Sites:
 
     def sums(self, node: int) -> list[dict]:
         """The sums the site agreed to have unmasked, from its release memory."""
-        path = self.folder(node) / "releases.json"
-        memory = json.loads(path.read_text()) if path.exists() else {"rosters": {}}
-        return [s for entry in memory["rosters"].values() for s in entry["sums"]]
+        return [s.model_dump(mode="json") for _, s in ReleaseMemory(self.folder(node)).sums()]
 
     def ledger_rounds(self, node: int) -> list[dict]:
         """The rounds charged to the site's privacy ledger (the one of its data; none: no ledger file)."""

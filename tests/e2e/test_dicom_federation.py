@@ -182,7 +182,7 @@ def test_no_header_value_in_any_message_log_or_file(run):
     haystacks |= {str(p.relative_to(root)): p.read_bytes() for p in written}
     names = {p.name for p in written} | {p.parent.name for p in written}
     assert {"metrics.json", "model_card.json", "config.json", "final.pt", "server.jsonl", "hospital-a.jsonl",
-            "checkpoints", "ledgers", "releases.json", "hospital-a.split.json", "evaluation.json"} <= names
+            "checkpoints", "ledgers", "releases.jsonl", "hospital-a.split.json", "evaluation.json"} <= names
     assert len(run["messages"]) > 20 and len(run["log"]) > 10
     leaks = [(where, needle.decode()) for where, data in haystacks.items() for needle in needles
              if needle in data.lower()]

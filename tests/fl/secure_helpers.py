@@ -50,7 +50,7 @@ class Captured(dict):
             yield self
 
 
-def _random_step(session, privacy, start) -> TrainResult:
+def _random_step(session, privacy, start_sha256) -> TrainResult:
     generator = torch.Generator().manual_seed(derive_seed(0, session.round, session.data.name))
     with torch.no_grad():
         for parameter in (p for p in session.model.parameters() if p.requires_grad):

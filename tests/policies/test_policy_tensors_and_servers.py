@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from fnmatch import fnmatchcase
 
 import pytest
 from hypothesis import given
@@ -65,6 +66,20 @@ def test_the_check_reports_exactly_the_refused_names(names):
     refused = tuple(n for n in names if not tensor_allowed(STRICT, n))
     reported = tuple(item for v in violations if v.rule == "tensors.allow" for item in v.items)
     assert reported == refused
+
+
+glob = st.text(alphabet="ab.*?[]!_0", min_size=1, max_size=8).filter(lambda g: g == g.strip())
+
+
+@given(st.lists(glob, min_size=1, max_size=4), st.lists(glob, max_size=3),
+       st.text(alphabet="ab.*?[]!_0XY", max_size=10))
+def test_a_tensor_may_leave_exactly_when_fnmatch_says_so(allow, deny, name):
+    """The check matches all of a policy's globs at once; it decides as `fnmatchcase` glob by glob."""
+    policy = policy_with("research", tensors={"allow": allow, "deny": deny})
+    expected = any(fnmatchcase(name, g) for g in allow) and not any(fnmatchcase(name, g) for g in deny)
+    assert tensor_allowed(policy, name) is expected
+    violations = check_round(policy, make_request(tensor_names=[name]))
+    assert any(v.rule.startswith("tensors.") for v in violations) is not expected
 
 
 RESEARCH_NO_DECODER = policy_with("research", tensors={"deny": ["mask_decoder.*"]})

@@ -41,7 +41,7 @@ from fedmed.fl.site.session import SiteSession
 from fedmed.fl.site.settings import SiteSettings
 from fedmed.fl.wire.messages import SECAGG_KEY
 from fedmed.fl.wire.secagg import StageMissingError, masked_words, round_config, stage_bytes, stage_record
-from fedmed.fl.wire.transcript import RoundTranscript, differences, vector_sha256
+from fedmed.fl.wire.transcript import RoundTranscript, differences
 from secure_agg import (
     ClientSession,
     ConfigError,
@@ -74,7 +74,7 @@ def enrolment(session: SiteSession) -> Enrolment:
     if not settings.identity or not settings.roster:
         raise session.refuse("this site has no identity key and roster for secure aggregation "
                              "(fedmed client --identity KEY --roster ROSTER)", [])
-    identity, roster = load_identity(settings.identity), Roster.load(settings.roster)
+    identity, roster = session.runtime.enrolment(settings.identity, settings.roster)
     client_id = roster.id_of(identity.public)
     if client_id is None:
         raise session.refuse(f"{settings.identity}: this site's public key is not in the roster {settings.roster}", [])
@@ -114,7 +114,7 @@ def releases(session: SiteSession) -> ReleaseMemory:
     if session.state_dir is None:
         raise session.refuse("secure aggregation needs the site's state directory: it remembers there what it "
                              "released, so a round cannot be replayed against it", [])
-    return ReleaseMemory(session.state_dir)
+    return session.runtime.releases(session.state_dir)
 
 
 def _save(context: Context, client: ClientSession, transcript: RoundTranscript) -> None:
@@ -172,9 +172,8 @@ def _admit_setup(session: SiteSession, transcript: RoundTranscript) -> None:
     admit_round(session)
     memory = releases(session)
     try:
-        memory.check_round(transcript.roster, global_sha256=transcript.global_sha256,
-                           participants=transcript.participants, dp=_charged(session, transcript))
-        memory.admit_session(transcript.roster, transcript.session_id)
+        memory.admit_session(transcript.roster, transcript.session_id, global_sha256=transcript.global_sha256,
+                             participants=transcript.participants, dp=_charged(session, transcript))
     except ReleaseRefused as error:
         raise session.refuse(str(error), [str(error)]) from None
 
@@ -250,9 +249,10 @@ class SecureRelease:
         self.session, self.client, self.transcript, self.message = session, client, transcript, message
 
     @classmethod
-    def prepare(cls, session: SiteSession, content: RecordDict, start: np.ndarray) -> SecureRelease | None:
+    def prepare(cls, session: SiteSession, content: RecordDict, start_sha256: str) -> SecureRelease | None:
         """The release of a secure round (None for a plain one); refuses a train message whose stage or
-        session is missing, or whose instructions or global vector (`start`) are not the transcript's."""
+        session is missing, or whose instructions or global vector (`start_sha256`: the `vector_sha256` of
+        the one the site loaded) are not the transcript's."""
         if SECAGG_KEY not in content:
             if session.instructions.secure_aggregation.enabled:
                 raise session.refuse("the round is announced as secure but the train message carries no "
@@ -266,9 +266,10 @@ class SecureRelease:
             raise session.refuse("the train message's secure-aggregation stage is not this site's next one (its "
                                  f"session is {client.progress.value}; a masked input is sent once): nothing is "
                                  "trained", [])
-        fields = ["instructions." + f for f in differences(transcript.instructions.model_dump(mode="json"),
-                                                           session.instructions.model_dump(mode="json"))]
-        if vector_sha256(start) != transcript.global_sha256:
+        fields = [] if transcript.instructions == session.instructions else [  # equal models dump equal
+            "instructions." + f for f in differences(transcript.instructions.model_dump(mode="json"),
+                                                     session.instructions.model_dump(mode="json"))]
+        if start_sha256 != transcript.global_sha256:
             fields.append("global (the starting model)")
         if fields:
             raise session.refuse("the train message is not the round transcript this site signed: "

@@ -26,7 +26,6 @@ from fedmed.fl.site.admission import admit_evaluation, admit_round
 from fedmed.fl.site.journal import journal, witness_server
 from fedmed.fl.site.masking import SecureRelease, answer_stage, hello_identity
 from fedmed.fl.site.release import outgoing, release
-from fedmed.fl.site.releases import ReleaseMemory
 from fedmed.fl.site.runtime import SiteRuntime
 from fedmed.fl.site.session import MessageKind, SiteSession
 from fedmed.fl.site.settings import SiteSettings
@@ -64,8 +63,9 @@ def train(session: SiteSession, content: RecordDict) -> RecordDict:
     session.prepare(Instructions.from_content(content))
     privacy = admit_round(session)
     start = _load_global(session, content)
-    secure = SecureRelease.prepare(session, content, start)
-    result = training.train_round(session, privacy, start)
+    start_sha256 = vector_sha256(start)  # hashed once: the transcript's check and the training seed
+    secure = SecureRelease.prepare(session, content, start_sha256)
+    result = training.train_round(session, privacy, start_sha256)
     update = training.local_update(session, start)
     budget = release(session, privacy, masked=secure is not None)
     if secure is not None:
@@ -88,7 +88,7 @@ def evaluate(session: SiteSession, content: RecordDict) -> RecordDict:
     session.prepare(Instructions.from_content(content))
     start = _load_global(session, content)
     admit_evaluation(session)
-    memory = ReleaseMemory(session.state_dir) if session.state_dir is not None else None
+    memory = session.runtime.releases(session.state_dir) if session.state_dir is not None else None
     digest = vector_sha256(start)
     if memory is not None and (kept := memory.evaluation(digest)) is not None:
         return replies.content(kept)

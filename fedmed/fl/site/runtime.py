@@ -1,4 +1,4 @@
-"""A site's data, model, policy and starting weights, built once per process and reused.
+"""A site's data, model, policy, starting weights and release memory, built once per process and reused.
 
 The server's instructions only choose the model (`ModelSpec`), the image size and the seeds; a
 checkpoint the server names must match the site's copy by SHA-256 (fedmed's built-in weights are
@@ -14,12 +14,15 @@ from pathlib import Path
 from fedmed.config import ModelSpec
 from fedmed.data import SiteData, load_sites, scan_data
 from fedmed.data.synthetic import SYNTHETIC_DATA
+from fedmed.fl.enrolment import Roster, load_identity
+from fedmed.fl.site.releases import ReleaseMemory
 from fedmed.fl.site.settings import SiteSettings
 from fedmed.fl.wire.layout import Layout
-from fedmed.models import SamSegmenter, build_model, trainable_state
+from fedmed.models import SamSegmenter, build_model
 from fedmed.models.pretrained import file_sha256, find_builtin
 from fedmed.privacy.fingerprint import description_fingerprint
 from policies import Policy, load_policy
+from secure_agg import KeyPair
 
 
 class SiteSetupError(RuntimeError):
@@ -91,7 +94,7 @@ def _partition(settings: SiteSettings, count: int) -> int:
 
 
 class SiteRuntime:
-    """A site's policy, data and model, built once per process and reused across rounds."""
+    """A site's policy, data, model and release memory, built once per process and reused across rounds."""
 
     def __init__(self, settings: SiteSettings):
         self.settings = settings
@@ -99,6 +102,8 @@ class SiteRuntime:
         self._data: dict[int, SiteData] = {}
         self._models: dict[tuple, tuple[SamSegmenter, Layout]] = {}
         self._checkpoint_ok: set[str] = set()
+        self._releases: dict[Path, ReleaseMemory] = {}
+        self._enrolment: tuple[tuple, KeyPair, Roster] | None = None
         self._fingerprint: str | None = None
 
     @property
@@ -122,8 +127,24 @@ class SiteRuntime:
             self._models.clear()  # one model at a time: a ViT-H copy is large
             config = spec.build_config(num_classes=num_classes, seed=seed, checkpoint=self._checkpoint(spec))
             model = build_model(config)
-            self._models[key] = (model, Layout.of(trainable_state(model)))
+            params = dict(model.named_parameters())  # the layout reads shapes and dtypes: no copies
+            self._models[key] = (model, Layout.of({name: params[name] for name in model.trainable_names}))
         return self._models[key]
+
+    def enrolment(self, identity: str, roster: str) -> tuple[KeyPair, Roster]:
+        """The site's identity key and roster from their files, read again whenever either file
+        changes (another inode, size or modification time) or cannot be stat'ed."""
+        stamp = tuple(_stamp(path) for path in (identity, roster))
+        if self._enrolment is None or None in stamp or self._enrolment[0] != stamp:
+            self._enrolment = (stamp, load_identity(identity), Roster.load(roster))
+        return self._enrolment[1], self._enrolment[2]
+
+    def releases(self, folder: Path) -> ReleaseMemory:
+        """The release memory in `folder` (one per folder: it keeps the journal indexed between rounds)."""
+        folder = Path(folder)
+        if folder not in self._releases:
+            self._releases[folder] = ReleaseMemory(folder)
+        return self._releases[folder]
 
     def _checkpoint(self, spec: ModelSpec) -> str | None:
         if spec.checkpoint_sha256 is None:
@@ -143,6 +164,14 @@ class SiteRuntime:
                                      f"checkpoint ({spec.checkpoint_sha256[:12]}...)")
             self._checkpoint_ok.add(own)
         return own
+
+
+def _stamp(path: str) -> tuple[str, int, int, int] | None:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return path, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 class SiteRuntimes:

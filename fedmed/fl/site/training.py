@@ -51,7 +51,6 @@ import torch
 
 from fedmed.fl.site.privacy import SitePrivacy
 from fedmed.fl.site.session import SiteSession
-from fedmed.fl.wire.transcript import vector_sha256
 from fedmed.models import SamSegmenter, trainable_state
 from fedmed.privacy import Proximal
 from fedmed.recipes import get_recipe
@@ -77,9 +76,10 @@ def _site_key(folder: Path) -> bytes:
     return path.read_bytes()
 
 
-def training_seed(session: SiteSession, start: np.ndarray) -> int:
-    """A 31-bit seed for this round's training, the site's own (see the module docstring)."""
-    message = f"{vector_sha256(start)}/{session.round}".encode()
+def training_seed(session: SiteSession, start_sha256: str) -> int:
+    """A 31-bit seed for this round's training, the site's own (see the module docstring), from the
+    `vector_sha256` of the global vector it starts from."""
+    message = f"{start_sha256}/{session.round}".encode()
     key = _site_key(session.state_dir) if session.state_dir is not None else os.urandom(32)
     return int.from_bytes(hmac.new(key, message, hashlib.sha256).digest()[:4], "big") & 0x7FFFFFFF
 
@@ -154,14 +154,15 @@ def proximal_gradient(model: SamSegmenter, mu: float) -> Proximal | None:
     return lambda current: {name: mu * (w - anchor[name].to(w.device)) for name, w in current.items()}
 
 
-def train_round(session: SiteSession, privacy: SitePrivacy | None, start: np.ndarray) -> TrainResult:
-    """Train the session's model (holding the global vector `start`) on the site's training split."""
+def train_round(session: SiteSession, privacy: SitePrivacy | None, start_sha256: str) -> TrainResult:
+    """Train the session's model (holding the global vector of SHA-256 `start_sha256`, `vector_sha256`)
+    on the site's training split."""
     instructions, data = session.instructions, session.data
     recipe, training = instructions.model.recipe, instructions.training
     total_steps = planned_total_steps(get_recipe(recipe).schedule, num_samples=len(data.train),
                                       batch_size=training.batch_size,
                                       epochs=instructions.federation.rounds * training.local_epochs)
-    config = training.train_config(recipe=recipe, seed=training_seed(session, start),
+    config = training.train_config(recipe=recipe, seed=training_seed(session, start_sha256),
                                    device=session.settings.device, total_steps=total_steps)
     mu, study = instructions.strategy.mu, instructions.federation.name
     if privacy is not None and privacy.config.mode == "sample":  # the proximal term after the noise, no hook

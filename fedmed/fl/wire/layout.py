@@ -39,14 +39,20 @@ class Layout:
 
     @classmethod
     def of(cls, tensors: Mapping[str, torch.Tensor]) -> Layout:
+        """The layout of named tensors (only their shapes and dtypes are read: parameters need no copy)."""
         for name, tensor in tensors.items():
             if tensor.dtype != torch.float32:
                 raise TypeError(f"tensor {name!r} is {tensor.dtype}; trainable tensors travel as float32")
         return cls(tuple(tensors), tuple(tuple(t.shape) for t in tensors.values()))
 
     @cached_property
+    def sizes(self) -> tuple[int, ...]:
+        """Values of each tensor, in layout order (computed once per layout)."""
+        return tuple(int(np.prod(shape, dtype=np.int64)) for shape in self.shapes)
+
+    @cached_property
     def numel(self) -> int:
-        return sum(int(np.prod(shape, dtype=np.int64)) for shape in self.shapes)
+        return sum(self.sizes)
 
     @cached_property
     def digest(self) -> str:
@@ -70,8 +76,7 @@ class Layout:
         if vector.shape != (self.numel,):
             raise VectorError(f"vector has shape {vector.shape}, layout needs ({self.numel},)")
         out, offset = [], 0
-        for name, shape in zip(self.names, self.shapes):
-            size = int(np.prod(shape, dtype=np.int64))
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
             out.append((name, vector[offset:offset + size].reshape(shape)))
             offset += size
         return out

@@ -115,12 +115,13 @@ def test_a_train_message_must_be_the_transcript_the_site_signed(federation):
         update={"training": script.instructions.training.model_copy(update={"lr": 1e-30})})
     with pytest.raises(RoundRefused, match=r"not the round transcript this site signed: "
                                            r"instructions.training.lr differ"):
-        SecureRelease.prepare(session(settings[0], ctxs[1], faster), shares[1], vector)
+        SecureRelease.prepare(session(settings[0], ctxs[1], faster), shares[1], vector_sha256(vector))
     other = vector.copy()
     other[0] += 1.0
     with pytest.raises(RoundRefused, match=r"global \(the starting model\) differ"):
-        SecureRelease.prepare(session(settings[0], ctxs[1], script.instructions), shares[1], other)
-    release = SecureRelease.prepare(session(settings[0], ctxs[1], script.instructions), shares[1], vector)
+        SecureRelease.prepare(session(settings[0], ctxs[1], script.instructions), shares[1], vector_sha256(other))
+    release = SecureRelease.prepare(session(settings[0], ctxs[1], script.instructions), shares[1],
+                                    vector_sha256(vector))
     with pytest.raises(RoundRefused, match="the update has 1 NaN/Inf values"):
         release.seal(np.where(np.arange(vector.size) == 3, np.nan, 0.0).astype(np.float32))
     _record, words = release.seal(np.full(vector.size, 0.01, np.float32))
@@ -131,4 +132,4 @@ def test_a_site_refuses_a_round_announced_secure_without_its_stage(federation):
     settings, _, plan, _, vector = federation
     instructions = round_instructions(plan, 1, num_classes=2, num_clients=3, run_id="test-run")
     with pytest.raises(RoundRefused, match="carries no secure-aggregation stage; no plain update is sent"):
-        SecureRelease.prepare(session(settings[0], contexts()[1], instructions), RecordDict({}), vector)
+        SecureRelease.prepare(session(settings[0], contexts()[1], instructions), RecordDict({}), vector_sha256(vector))

@@ -26,6 +26,7 @@ from fedmed.fl.site.privacy import SitePrivacy, choose_unit, dp_config
 from fedmed.fl.site.runtime import dataset_fingerprint, load_site_data
 from fedmed.fl.site.settings import SiteSettings
 from fedmed.fl.wire.instructions import Instructions
+from fedmed.fl.wire.transcript import vector_sha256
 from fedmed.models import ModelConfig, build_model
 from fedmed.privacy import FedmedDPOptimizer
 from fedmed.privacy import train as privacy_train
@@ -168,7 +169,7 @@ def test_fedprox_under_dp_sgd_adds_its_term_exactly_once_after_the_noise(tmp_pat
         return went
 
     monkeypatch.setattr(FedmedDPOptimizer, "pre_step", spy)
-    training.train_round(session, privacy, np.zeros(1, dtype=np.float32))
+    training.train_round(session, privacy, vector_sha256(np.zeros(1, dtype=np.float32)))
     assert privacy.plan.steps == len(steps) == 4 and privacy.report.unit == "image"
     moved = max(float(pull.abs().max()) for step in steps for _, pull in step)
     assert moved > 1e-4, "the weights must leave the global model for the term to show"
