@@ -48,6 +48,11 @@ class Processes:
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
+    def all_logs(self) -> str:
+        """Every process's log, each under its name (for a failure's message)."""
+        return "\n".join(f"--- {path.stem}\n{path.read_text(errors='replace')[-4000:]}"
+                         for path in sorted(self.logs.glob("*.log")))
+
     def kill(self, process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         if process.poll() is None:
             os.killpg(process.pid, sig)

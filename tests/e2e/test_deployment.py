@@ -177,7 +177,7 @@ def test_a_killed_server_resumes_to_the_same_model(uninterrupted, federation, tm
         wait_for(lambda: describe(superlink) is None, 60, "the SuperLink to stop with its server", poll=0.5)
         assert not (out / "checkpoints" / "round_2.pt").exists()
         resumed = start_server(procs, root, out, name="resumed", resume=True)
-        assert resumed.wait(timeout=480) == 0, procs.log("resumed")
+        assert resumed.wait(timeout=480) == 0, procs.all_logs()
     finally:
         procs.stop_all()
     assert "round 2/2" in procs.log("resumed") and "round 1/2" not in procs.log("resumed")

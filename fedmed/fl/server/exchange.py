@@ -22,6 +22,9 @@ from fedmed.fl.wire.sizes import message_bytes
 from fedmed.fl.wire.tensors import party_name
 
 
+SITE_ERROR = "site error: "  # how a failure that the site answered with an error begins
+
+
 @dataclass
 class Exchanged:
     """Replies of one send-and-receive, by site, with the bytes that moved and what went wrong."""
@@ -30,6 +33,17 @@ class Exchanged:
     failures: dict[str, str]
     received: dict[str, int]  # bytes a site received (server -> site)
     sent: dict[str, int]  # bytes a site sent (site -> server)
+
+    def merged(self, again: Exchanged) -> Exchanged:
+        """These replies with `again`'s (a second ask of some sites): a site's latest outcome counts, and
+        the bytes of both asks."""
+        replies = {**{k: v for k, v in self.replies.items() if k not in again.failures}, **again.replies}
+        failures = {**{k: v for k, v in self.failures.items() if k not in again.replies}, **again.failures}
+        return Exchanged(replies, failures, _summed(self.received, again.received), _summed(self.sent, again.sent))
+
+
+def _summed(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {key: a.get(key, 0) + b.get(key, 0) for key in a.keys() | b.keys()}
 
 
 class Exchange:
@@ -57,7 +71,7 @@ class Exchange:
                 replies[name] = reply
         if self.journal is not None:
             self.journal.incoming(round, {party_name(n): r for n, r in replies.items()}, layout)
-        failures = {name: f"site error: {reply.error.reason}" for name, reply in replies.items() if reply.has_error()}
+        failures = {name: f"{SITE_ERROR}{reply.error.reason}" for name, reply in replies.items() if reply.has_error()}
         failures.update({name: f"no answer within {self.timeout} s" for name in contents if name not in replies})
         return Exchanged(replies={name: reply.content for name, reply in replies.items() if not reply.has_error()},
                          failures=failures, received={name: message_bytes(m) for name, m in messages.items()},

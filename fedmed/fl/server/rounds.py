@@ -2,7 +2,8 @@
 
 The same loop runs in the simulation engine, in a deployment and in-process in tests:
 
-1. wait for the sites, greet them (`query.hello`): site names, sample counts, classes, model layout;
+1. wait for the sites, greet them (`query.hello`; one that answers with an error is asked again):
+   site names, sample counts, classes, model layout;
    the aggregator admits the sites that may take part (secure aggregation: those in the roster);
 2. per round: choose the training sites (all but `--holdout`, or a `fraction_fit` of them), send
    them the global vector and the round's instructions, let the aggregator turn their replies into
@@ -35,7 +36,7 @@ from pydantic import ValidationError
 from fedmed.fl.enrolment import EnrolmentError, Roster
 from fedmed.fl.plan import RunPlan, derive_seed
 from fedmed.fl.server.aggregation import Aggregator, Collected, FederationError, PlainAggregator, RoundFailed
-from fedmed.fl.server.exchange import Exchange, Exchanged
+from fedmed.fl.server.exchange import SITE_ERROR, Exchange, Exchanged
 from fedmed.fl.server.journal import ServerJournal
 from fedmed.fl.server.run_dir import RunDir
 from fedmed.fl.server.secure import SecureAggregator
@@ -48,6 +49,8 @@ from fedmed.inference.card import write_model_card
 from fedmed.models import build_model, trainable_state
 
 logger = logging.getLogger("fedmed.fl.server")
+HELLO_RETRIES = 3  # a node whose hello failed with an error is asked again this many times
+HELLO_RETRY_S = 10.0  # seconds between the asks
 
 __all__ = ["Federation", "FederationError", "RoundFailed", "round_instructions", "run_federation"]
 
@@ -102,6 +105,7 @@ class Federation:
         self.aggregator = make_aggregator(plan, self.exchange, run_id=self.run_id)
         self.strategy = make_strategy(plan.strategy)
         self.sites: dict[str, SiteHello] = {}
+        self.unheard: dict[str, str] = {}  # node -> why it did not say hello
 
     # ---- joining ----------------------------------------------------------------------------
     def _wait_for_nodes(self) -> list[int]:
@@ -122,11 +126,7 @@ class Federation:
     def greet(self) -> tuple[dict[str, SiteHello], dict[str, dict[str, int]]]:
         """Ask every node who it is; returns the sites by name and the bytes of the hellos."""
         nodes = {f"node-{n}": n for n in self._wait_for_nodes()}
-        hello = round_instructions(self.plan, 0, num_classes=2, num_clients=len(nodes), run_id=self.run_id).record()
-        exchanged = self.exchange.send(HELLO, {name: RecordDict({CONFIG: hello}) for name in nodes}, round=0,
-                                       nodes=nodes)
-        for node, reason in exchanged.failures.items():
-            logger.warning("%s did not say hello: %s", node, reason)
+        exchanged = self._hello(nodes)
         sites, by_node, known = [], {}, {}
         for node, content in exchanged.replies.items():
             try:
@@ -147,6 +147,28 @@ class Federation:
         bytes_of = {way: {known.get(node, node): count for node, count in counts.items()}
                     for way, counts in (("received", exchanged.received), ("sent", exchanged.sent))}
         return {s.name: s for s in sorted(sites, key=lambda s: s.name)}, bytes_of
+
+    def _hello(self, nodes: dict[str, int]) -> Exchanged:
+        """Hello to every node; a node whose hello failed with an error (a site still finishing a message
+        of an earlier run, say) is asked again, `HELLO_RETRIES` times at most, `HELLO_RETRY_S` apart. The
+        nodes that never answered are kept in `self.unheard` with their reasons."""
+        hello = round_instructions(self.plan, 0, num_classes=2, num_clients=len(nodes), run_id=self.run_id).record()
+        exchanged = self.exchange.send(HELLO, {name: RecordDict({CONFIG: hello}) for name in nodes}, round=0,
+                                       nodes=nodes)
+        for _ in range(HELLO_RETRIES):
+            errors = [node for node, reason in exchanged.failures.items() if reason.startswith(SITE_ERROR)]
+            if not errors:
+                break
+            logger.warning("%s did not say hello (%s); asking again in %.0f s", ", ".join(errors),
+                           "; ".join(exchanged.failures[node] for node in errors), HELLO_RETRY_S)
+            time.sleep(HELLO_RETRY_S)
+            again = self.exchange.send(HELLO, {name: RecordDict({CONFIG: hello}) for name in errors}, round=0,
+                                       nodes=nodes)
+            exchanged = exchanged.merged(again)
+        self.unheard = dict(exchanged.failures)
+        for node, reason in self.unheard.items():
+            logger.warning("%s did not say hello: %s", node, reason)
+        return exchanged
 
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -210,8 +232,9 @@ class Federation:
             raise FederationError(f"holdout site {plan.holdout!r} is not among the sites {names}")
         trainers = [n for n in names if n != plan.holdout]
         if len(trainers) < plan.federation.min_clients:
+            unheard = "".join(f"; {node} did not say hello: {reason}" for node, reason in self.unheard.items())
             raise FederationError(f"{len(trainers)} sites can train ({', '.join(trainers) or 'none'}) but a round "
-                                  f"needs {plan.federation.min_clients} (min_clients)")
+                                  f"needs {plan.federation.min_clients} (min_clients){unheard}")
         return trainers
 
     def _choose(self, trainers: list[str], round: int) -> list[str]:

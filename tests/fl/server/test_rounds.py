@@ -10,9 +10,10 @@ import pytest
 import torch
 from fl_helpers import small_grid, small_plan
 
+from fedmed.fl.server import rounds
 from fedmed.fl.server.rounds import FederationError, RoundFailed, run_federation
 from fedmed.fl.wire.layout import pack
-from fedmed.fl.wire.messages import TRAIN, UPDATE
+from fedmed.fl.wire.messages import HELLO, TRAIN, UPDATE
 from fedmed.inference import build_segmenter, load_bundle
 from fedmed.io import load_trainable
 
@@ -130,6 +131,30 @@ def _two_down():
     def intercept(node, message, deliver):
         return (crash if node == 1 else slow)(node, message, deliver)
     return intercept
+
+
+def failing_hellos(node_fails: int, times: int):
+    """Node `node_fails` answers its first `times` hellos with an error (a site still busy with a killed run)."""
+    failed = []
+
+    def intercept(node, message, deliver):
+        if node == node_fails and message.metadata.message_type == HELLO and len(failed) < times:
+            failed.append(node)
+            raise RuntimeError("still finishing a message of an earlier run")
+        return deliver(message)
+    return intercept
+
+
+def test_a_site_whose_hello_failed_is_asked_again_and_one_that_never_answers_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(rounds, "HELLO_RETRY_S", 0.0)
+    metrics = run_federation(small_grid(failing_hellos(2, times=rounds.HELLO_RETRIES)),
+                             small_plan(tmp_path / "a", rounds=1))
+    assert metrics["rounds"][0]["trained"] == ["site-0", "site-1", "site-2"]
+    with pytest.raises(FederationError, match=r"2 sites can train \(site-0, site-2\) but a round needs 3 "
+                                              r"\(min_clients\); node-2 did not say hello: site error: .*still "
+                                              r"finishing a message of an earlier run"):
+        run_federation(small_grid(failing_hellos(2, times=rounds.HELLO_RETRIES + 1)),
+                       small_plan(tmp_path / "b", rounds=1, min_clients=3))
 
 
 def test_holdout_site_is_evaluated_but_never_trains(tmp_path):
