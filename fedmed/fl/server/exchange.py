@@ -4,8 +4,9 @@
 
 Every message goes to the site's node (`nodes`: site name -> Flower node id, known after hello),
 is logged in the server's journal as it leaves (and carries the journal's signed head) and as its
-reply arrives (`ServerJournal`), and is counted in bytes as Flower serialises it (`fedmed.fl.wire.sizes`). A site whose reply is an
-error, or who does not answer within the plan's `round_timeout`, is a failure with its reason.
+reply arrives (`ServerJournal`), and is counted in bytes as Flower serialises it
+(`fedmed.fl.wire.sizes`). A site whose reply is an error, or who does not answer within the plan's
+`round_timeout`, is a failure with its reason.
 """
 
 from __future__ import annotations
