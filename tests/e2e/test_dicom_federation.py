@@ -88,16 +88,18 @@ def run(tmp_path_factory):
 
     records = _Records()
     loggers = [logging.getLogger(), logging.getLogger("fedmed"), logging.getLogger("flwr")]
-    levels = [logger.level for logger in loggers]
+    settings = [(logger.level, logger.propagate) for logger in loggers]  # `fedmed client` stops flwr's propagating
     loggers[0].addHandler(records)
     for logger in loggers:
         logger.setLevel(logging.DEBUG)
+        logger.propagate = True
     try:
         metrics = federate(root / "sites", root / "run", root / "state", intercept=watch)
     finally:
         loggers[0].removeHandler(records)
-        for logger, level in zip(loggers, levels):
+        for logger, (level, propagate) in zip(loggers, settings):
             logger.setLevel(level)
+            logger.propagate = propagate
     runner = CliRunner()
     predicted = runner.invoke(app, ["predict", "--model", str(root / "run"), "--input", str(root / "sites"),
                                     "--out", str(root / "pred"), "--device", "cpu"], env={"COLUMNS": "200"})
