@@ -185,7 +185,8 @@ def test_no_header_value_in_any_message_log_or_file(run):
     names = {p.name for p in written} | {p.parent.name for p in written}
     assert {"metrics.json", "model_card.json", "config.json", "final.pt", "server.jsonl", "hospital-a.jsonl",
             "checkpoints", "ledgers", "releases.jsonl", "hospital-a.split.json", "evaluation.json"} <= names
-    assert len(run["messages"]) > 20 and len(run["log"]) > 10
+    assert len(run["messages"]) > 20  # the haystacks hold what they should: every message, each site's log lines
+    assert all(any(line.startswith(f"{site}: round 1 trained") for line in run["log"]) for site in SITES), run["log"]
     leaks = [(where, needle.decode()) for where, data in haystacks.items() for needle in needles
              if needle in data.lower()]
     assert leaks == []
