@@ -10,7 +10,9 @@ one after the other), each site under the sweep's policy with its audit log and 
 ledger. With `compare_centralized`, each method, recipe and seed first trains one model on the union
 of the sites at equal epochs (rounds x local epochs, `fedmed.fl.launch.baseline`), validated as the
 rounds are: its own row (strategy "centralized"), and each federated row's `of_centralized` is its
-final Dice over that one's of the same seed. `configuration_means` averages the rows over seeds. Every row has its wall time and the machine's load average while it ran.
+final Dice over that one's of the same seed. Dice moves a lot from one round (epoch) to the next, so
+every row also has `tail_dice`, the mean over its last `TAIL` rounds (epochs), and federated rows
+`tail_of_centralized`, the ratio of those means. `configuration_means` averages the rows over seeds. Every row has its wall time and the machine's load average while it ran.
 Writes, under `out`:
 
     <run name>/             one run directory each (metrics.json, dice.png, audit/, state/, ...);
@@ -26,6 +28,7 @@ refuses, a round fails) is a row with its `error` and no Dice.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import time
@@ -50,8 +53,16 @@ from fedmed.sweep_plots import save_bytes_plot, save_dice_vs_epsilon
 from policies import validation_problems
 
 ROW_FIELDS = ("data", "label", "method", "recipe", "strategy", "optimizer_state", "seed", "epsilon_target", "epsilon_spent",
-              "delta", "rounds", "final_dice", "first_dice", "of_centralized", "upload_bytes_per_site_round",
+              "delta", "rounds", "final_dice", "first_dice", "of_centralized", "tail_dice", "tail_of_centralized",
+              "upload_bytes_per_site_round",
               "download_bytes_per_site_round", "bytes_per_round", "wall_s", "load", "status", "error", "run_dir")
+TAIL = 3  # rounds (epochs) at the end of a run whose mean Dice is its `tail_dice`
+
+
+def tail_mean(values: list[float]) -> float | None:
+    """The mean of the last `TAIL` values (all of them if fewer; None for none)."""
+    last = values[-TAIL:]
+    return sum(last) / len(last) if last else None
 
 
 @dataclass(frozen=True)
@@ -174,10 +185,11 @@ def run_centralized(config: SweepConfig, variant: Variant, out: Path, *, seed: i
     plan = make_run_plan(config, replace(variant, strategy="fedavg", optimizer_state=None), None, out, seed=seed)
     data = [load_site_data(site, image_size=plan.model.size) for site in _sites(config)]
     result = centralized_baseline(plan, data, out)
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"]  # `train_centralized`'s, per epoch
     return {"data": config.data, "label": f"{Variant(variant.method, variant.recipe).label}-centralized",
             "method": plan.model.method, "recipe": variant.recipe, "strategy": "centralized",
             "optimizer_state": "kept", "seed": seed, "epsilon_target": "none", "rounds": result["epochs"],
-            "final_dice": result["dice"], "wall_s": round(time.perf_counter() - started, 1),
+            "final_dice": result["dice"], "tail_dice": tail_mean([e["val"]["dice"] for e in epochs]), "wall_s": round(time.perf_counter() - started, 1),
             "load": round((load + _load()) / 2, 1), "status": "completed", "run_dir": str(out)}
 
 
@@ -195,6 +207,7 @@ def summarize(metrics: dict, *, method: str, epsilon: float | None, wall_s: floa
         "rounds": len(rounds),
         "final_dice": rounds[-1]["mean_dice"] if rounds else None,
         "first_dice": rounds[0]["mean_dice"] if rounds else None,
+        "tail_dice": tail_mean([r["mean_dice"] for r in rounds]),
         "upload_bytes_per_site_round": round(sum(s["bytes_sent"] for s in sites) / per_site_round),
         "download_bytes_per_site_round": round(sum(s["bytes_received"] for s in sites) / per_site_round),
         "bytes_per_round": round(sum(s["bytes_sent"] + s["bytes_received"] for s in sites) / max(1, len(rounds))),
@@ -209,7 +222,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, on_run: Callable[[dict], 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    centralized: dict[tuple, float | None] = {}
+    centralized: dict[tuple, dict[str, Any]] = {}
 
     def add(row: dict[str, Any]) -> None:
         rows.append(row)
@@ -224,15 +237,16 @@ def run_sweep(config: SweepConfig, out: str | Path, *, on_run: Callable[[dict], 
             suffix = f"-seed{seed}" if several else ""
             row = run_centralized(config, variant, out / f"{Variant(variant.method, variant.recipe).label}-centralized"
                                                          f"{suffix}", seed=seed)
-            centralized[baseline] = row["final_dice"]
+            centralized[baseline] = row
             add(row)
         for epsilon in config.epsilons:
             name = run_name(variant, epsilon, seed if several else None)
             row = run_one(config, variant, epsilon, out / name, seed=seed,
                           on_round=(lambda record, name=name: on_round(name, record)) if on_round else None)
-            reference = centralized.get(baseline)
-            if reference and row["final_dice"] is not None:
-                row["of_centralized"] = round(row["final_dice"] / reference, 4)
+            reference = centralized.get(baseline, {})
+            for dice, share in (("final_dice", "of_centralized"), ("tail_dice", "tail_of_centralized")):
+                if reference.get(dice) and row.get(dice) is not None:
+                    row[share] = round(row[dice] / reference[dice], 4)
             add(row)
     federated = [row for row in rows if row["strategy"] != "centralized"]
     save_dice_vs_epsilon(configuration_means(federated), out / "dice_vs_epsilon.png")
@@ -242,19 +256,24 @@ def run_sweep(config: SweepConfig, out: str | Path, *, on_run: Callable[[dict], 
 
 def configuration_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (label, epsilon target), in the order first seen: the mean, least and most of
-    `final_dice` and the mean `of_centralized` over the seeds that gave one, `seeds` their number, and
-    the first row's other fields."""
+    `final_dice`, and the means of `of_centralized`, `tail_dice` and `tail_of_centralized`, over the
+    seeds that gave one; `seeds` their number, and the first row's other fields."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["label"], str(row["epsilon_target"])), []).append(row)
     means = []
     for group in groups.values():
         dice = [r["final_dice"] for r in group if r.get("final_dice") is not None]
-        shares = [r["of_centralized"] for r in group if r.get("of_centralized") is not None]
         means.append({**group[0], "seeds": len(dice), "final_dice": sum(dice) / len(dice) if dice else None,
                       "min_dice": min(dice, default=None), "max_dice": max(dice, default=None),
-                      "of_centralized": sum(shares) / len(shares) if shares else None})
+                      **{key: _mean([r.get(key) for r in group])
+                         for key in ("of_centralized", "tail_dice", "tail_of_centralized")}})
     return means
+
+
+def _mean(values: list[float | None]) -> float | None:
+    given = [v for v in values if v is not None]
+    return sum(given) / len(given) if given else None
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -135,7 +135,7 @@ def sweep(
 def _table(rows: list[dict]) -> None:
     from rich.table import Table
 
-    from fedmed.sweep import configuration_means
+    from fedmed.sweep import TAIL, configuration_means
 
     means = configuration_means(rows)
     seeds = max((m["seeds"] for m in means), default=1)
@@ -148,14 +148,15 @@ def _table(rows: list[dict]) -> None:
         table.add_column(f"eps {target}" if target != "none" else "no DP", justify="right")
     if shares:
         table.add_column("of centralized (no DP)", justify="right")
+        table.add_column(f"last {TAIL}: of centralized", justify="right")
     table.add_column("MB up/round/site", justify="right")
     for label in dict.fromkeys(m["label"] for m in means):
         cells = {str(m["epsilon_target"]): m for m in means if m["label"] == label}
         dice = [_dice(cells[t]) if t in cells else "-" for t in targets]
-        share = (cells.get("none") or {}).get("of_centralized")
+        plain = cells.get("none") or {}
+        ratios = [plain.get(key) for key in ("of_centralized", "tail_of_centralized")] if shares else []
         upload = next((m.get("upload_bytes_per_site_round") or 0 for m in cells.values() if m["rounds"]), 0)
-        table.add_row(label, *dice, *([f"{share:.1%}" if share is not None else "-"] if shares else []),
-                      f"{upload / 1e6:.2f}")
+        table.add_row(label, *dice, *(f"{r:.1%}" if r is not None else "-" for r in ratios), f"{upload / 1e6:.2f}")
     console.print(table)
 
 
