@@ -4,21 +4,22 @@
 
 The grid is methods x recipes x strategies x optimizer states x seeds x epsilon targets (DP-SGD; None
 for no DP), on the synthetic federation `data` ("synthetic" or "synthetic-noniid"); a seed is the
-run's (model, shuffling), never the sites' data. Every run is a whole
-federation through the real ClientApp and server loop, in this process (the in-process Grid: sites
-one after the other), each site under the sweep's policy with its audit log and its own privacy
-ledger. With `compare_centralized`, each method, recipe and seed first trains one model on the union
-of the sites at equal epochs (rounds x local epochs, `fedmed.fl.launch.baseline`), validated as the
-rounds are: its own row (strategy "centralized"), and each federated row's `of_centralized` is its
-final Dice over that one's of the same seed. Dice moves a lot from one round (epoch) to the next, so
+run's (model, shuffling), never the sites' data. Every run is a whole federation through the real
+ClientApp and server loop, in this process (the in-process Grid: sites one after the other), each
+site under the sweep's policy with its audit log and its own privacy ledger. With
+`compare_centralized`, each method, recipe and seed first trains one model on the union of the sites
+at equal epochs (rounds x local epochs, `fedmed.fl.launch.baseline`), validated as the rounds are:
+its own row (strategy "centralized"), and each federated row's `of_centralized` is its final Dice
+over that one's of the same seed. Dice moves a lot from one round (epoch) to the next, so
 every row also has `tail_dice`, the mean over its last `TAIL` rounds (epochs), and federated rows
-`tail_of_centralized`, the ratio of those means. `configuration_means` averages the rows over seeds. Every row has its wall time and the machine's load average while it ran.
+`tail_of_centralized`, the ratio of those means. `configuration_means` averages the rows over seeds.
+Every row has its wall time and the machine's load average while it ran.
 Writes, under `out`:
 
     <run name>/             one run directory each (metrics.json, dice.png, audit/, state/, ...);
                             the name ends in -seed<n> where the grid has several seeds
     sweep.csv               one row per run (`ROW_FIELDS`)
-    dice_vs_epsilon.png     final Dice against the epsilon target, one line per configuration (mean over seeds)
+    dice_vs_epsilon.png     final Dice against the epsilon target, one line per configuration (mean of seeds)
     bytes_per_round.png     bytes per round and site, uploaded and downloaded, per configuration
 
 A run that cannot be planned (a combination the plan refuses, with its reason) or that fails (a site
@@ -52,10 +53,10 @@ from fedmed.recipes import get_recipe
 from fedmed.sweep_plots import save_bytes_plot, save_dice_vs_epsilon
 from policies import validation_problems
 
-ROW_FIELDS = ("data", "label", "method", "recipe", "strategy", "optimizer_state", "seed", "epsilon_target", "epsilon_spent",
-              "delta", "rounds", "final_dice", "first_dice", "of_centralized", "tail_dice", "tail_of_centralized",
-              "upload_bytes_per_site_round",
-              "download_bytes_per_site_round", "bytes_per_round", "wall_s", "load", "status", "error", "run_dir")
+ROW_FIELDS = ("data", "label", "method", "recipe", "strategy", "optimizer_state", "seed", "epsilon_target",
+              "epsilon_spent", "delta", "rounds", "final_dice", "first_dice", "of_centralized", "tail_dice",
+              "tail_of_centralized", "upload_bytes_per_site_round", "download_bytes_per_site_round",
+              "bytes_per_round", "wall_s", "load", "status", "error", "run_dir")
 TAIL = 3  # rounds (epochs) at the end of a run whose mean Dice is its `tail_dice`
 
 
@@ -189,7 +190,8 @@ def run_centralized(config: SweepConfig, variant: Variant, out: Path, *, seed: i
     return {"data": config.data, "label": f"{Variant(variant.method, variant.recipe).label}-centralized",
             "method": plan.model.method, "recipe": variant.recipe, "strategy": "centralized",
             "optimizer_state": "kept", "seed": seed, "epsilon_target": "none", "rounds": result["epochs"],
-            "final_dice": result["dice"], "tail_dice": tail_mean([e["val"]["dice"] for e in epochs]), "wall_s": round(time.perf_counter() - started, 1),
+            "final_dice": result["dice"], "tail_dice": tail_mean([e["val"]["dice"] for e in epochs]),
+            "wall_s": round(time.perf_counter() - started, 1),
             "load": round((load + _load()) / 2, 1), "status": "completed", "run_dir": str(out)}
 
 

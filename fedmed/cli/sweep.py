@@ -114,7 +114,8 @@ def sweep(
 
     def on_run(row: dict) -> None:
         if row["strategy"] == "centralized":
-            console.print(f"{row['label']} seed {row['seed']}: Dice {row['final_dice']:.3f} after {row['rounds']} epochs "
+            console.print(f"{row['label']} seed {row['seed']}: Dice {row['final_dice']:.3f} after {row['rounds']} "
+                          f"epochs "
                           f"({row['wall_s']:.0f} s, load {row['load']})")
             return
         done[0] += 1
@@ -122,7 +123,8 @@ def sweep(
         share = f", {row['of_centralized']:.1%} of centralized" if row.get("of_centralized") else ""
         result = (f"final Dice {row['final_dice']:.3f}{spent}{share}" if row["final_dice"] is not None
                   else f"[red]failed[/red]: {row['error']}")
-        console.print(f"[{done[0]}/{total}] {row['label']} seed {row['seed']} epsilon {row['epsilon_target']}: {result} "
+        console.print(f"[{done[0]}/{total}] {row['label']} seed {row['seed']} epsilon {row['epsilon_target']}: "
+                      f"{result} "
                       f"({row['wall_s']:.0f} s, load {row['load']})")
 
     rows = run_sweep(config, out, on_run=on_run, on_round=on_round)
