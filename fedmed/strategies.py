@@ -23,7 +23,7 @@ STRATEGY_PARAMETERS: dict[str, dict[str, float]] = {
     "fedadam": {"server_lr": 1e-2, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3},
     "fedyogi": {"server_lr": 1e-2, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3},
     "fedadagrad": {"server_lr": 1e-2, "tau": 1e-3},
-    "fedprox": {"proximal_mu": 0.01},
+    "fedprox": {"proximal_mu": 0.1},  # BENCHMARKS.md "Issue 14: strategies on the non-IID federation"
     "fedmedian": {},
     "fedtrimmedavg": {"trim_fraction": 0.2},
     "krum": {"num_malicious": 0},

@@ -2,19 +2,24 @@
 
     rows = run_sweep(SweepConfig(methods=("fedmsa",), strategies=("fedavg", "fedadam"), epsilons=(None,)), out)
 
-The grid is methods x recipes x strategies x optimizer states x epsilon targets (DP-SGD; None for no
-DP), on the synthetic federation `data` ("synthetic" or "synthetic-noniid"). Every run is a whole
-federation through the real ClientApp and server loop, in this process (the in-process Grid: sites
-one after the other), each site under the sweep's policy with its audit log and its own privacy
-ledger. With `compare_centralized`, each method and recipe first trains one model on the union of
-the sites at equal epochs (rounds x local epochs, `fedmed.fl.launch.baseline`), validated as the
-rounds are: its own row (strategy "centralized"), and each federated row's `of_centralized` is its
-final Dice over that one. Every row has its wall time and the machine's load average while it ran.
+The grid is methods x recipes x strategies x optimizer states x seeds x epsilon targets (DP-SGD; None
+for no DP), on the synthetic federation `data` ("synthetic" or "synthetic-noniid"); a seed is the
+run's (model, shuffling), never the sites' data. Every run is a whole federation through the real
+ClientApp and server loop, in this process (the in-process Grid: sites one after the other), each
+site under the sweep's policy with its audit log and its own privacy ledger. With
+`compare_centralized`, each method, recipe and seed first trains one model on the union of the sites
+at equal epochs (rounds x local epochs, `fedmed.fl.launch.baseline`), validated as the rounds are:
+its own row (strategy "centralized"), and each federated row's `of_centralized` is its final Dice
+over that one's of the same seed. Dice moves a lot from one round (epoch) to the next, so
+every row also has `tail_dice`, the mean over its last `TAIL` rounds (epochs), and federated rows
+`tail_of_centralized`, the ratio of those means. `configuration_means` averages the rows over seeds.
+Every row has its wall time and the machine's load average while it ran.
 Writes, under `out`:
 
-    <run name>/             one run directory each (metrics.json, dice.png, audit/, state/, ...)
+    <run name>/             one run directory each (metrics.json, dice.png, audit/, state/, ...);
+                            the name ends in -seed<n> where the grid has several seeds
     sweep.csv               one row per run (`ROW_FIELDS`)
-    dice_vs_epsilon.png     final Dice against the epsilon target, one line per configuration
+    dice_vs_epsilon.png     final Dice against the epsilon target, one line per configuration (mean of seeds)
     bytes_per_round.png     bytes per round and site, uploaded and downloaded, per configuration
 
 A run that cannot be planned (a combination the plan refuses, with its reason) or that fails (a site
@@ -24,6 +29,7 @@ refuses, a round fails) is a row with its `error` and no Dice.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import time
@@ -47,9 +53,17 @@ from fedmed.recipes import get_recipe
 from fedmed.sweep_plots import save_bytes_plot, save_dice_vs_epsilon
 from policies import validation_problems
 
-ROW_FIELDS = ("data", "label", "method", "recipe", "strategy", "optimizer_state", "epsilon_target", "epsilon_spent",
-              "delta", "rounds", "final_dice", "first_dice", "of_centralized", "upload_bytes_per_site_round",
-              "download_bytes_per_site_round", "bytes_per_round", "wall_s", "load", "status", "error", "run_dir")
+ROW_FIELDS = ("data", "label", "method", "recipe", "strategy", "optimizer_state", "seed", "epsilon_target",
+              "epsilon_spent", "delta", "rounds", "final_dice", "first_dice", "of_centralized", "tail_dice",
+              "tail_of_centralized", "upload_bytes_per_site_round", "download_bytes_per_site_round",
+              "bytes_per_round", "wall_s", "load", "status", "error", "run_dir")
+TAIL = 3  # rounds (epochs) at the end of a run whose mean Dice is its `tail_dice`
+
+
+def tail_mean(values: list[float]) -> float | None:
+    """The mean of the last `TAIL` values (all of them if fewer; None for none)."""
+    last = values[-TAIL:]
+    return sum(last) / len(last) if last else None
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,7 @@ class SweepConfig:
     """The grid and what every run shares. `epsilons`: DP-SGD targets over the run, None for no DP;
     `optimizer_states`: True (kept across rounds), False (a new one each round), None (the recipe's);
     `lr`, `batch_size`, `methods` entries None: the recipe's; `server_lr`, `proximal_mu` None: the
-    strategy's."""
+    strategy's; `seeds`: run seeds, every configuration runs once per seed."""
 
     methods: tuple[str | None, ...] = ("fedmsa", "flap-sam", "samed")
     epsilons: tuple[float | None, ...] = (None, 1.0, 4.0, 8.0)
@@ -101,24 +115,26 @@ class SweepConfig:
     dp_mode: str = "sample"
     secure_aggregation: bool = False
     policy: str = "research"
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
 
     def variants(self) -> list[Variant]:
         return [Variant(method, recipe, strategy, state) for method in self.methods for recipe in self.recipes
                 for strategy in self.strategies for state in self.optimizer_states]
 
 
-def run_name(variant: Variant, epsilon: float | None) -> str:
-    return f"{variant.label}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}"
+def run_name(variant: Variant, epsilon: float | None, seed: int | None = None) -> str:
+    """E.g. `fedmsa-fedadam-nodp`; `seed` (given where the grid has several): `...-nodp-seed1`."""
+    return f"{variant.label}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}{'' if seed is None else f'-seed{seed}'}"
 
 
-def make_run_plan(config: SweepConfig, variant: Variant, epsilon: float | None, out: Path) -> RunPlan:
+def make_run_plan(config: SweepConfig, variant: Variant, epsilon: float | None, out: Path, *,
+                  seed: int = 0) -> RunPlan:
     """One run's plan, as `fedmed simulate` would make it (`ValueError` naming what cannot run together)."""
     privacy = override_privacy(PrivacySection(), mode="none" if epsilon is None else config.dp_mode, epsilon=epsilon,
                                max_grad_norm=config.max_grad_norm, delta=config.delta)
     parameters = {"server_lr": config.server_lr, "proximal_mu": config.proximal_mu}
     return make_plan(
-        federation={"name": out.name, "rounds": config.rounds, "seed": config.seed, "min_clients": min(2, config.sites)},
+        federation={"name": out.name, "rounds": config.rounds, "seed": seed, "min_clients": min(2, config.sites)},
         model={"arch": config.arch, "method": variant.method, "recipe": variant.recipe,
                "image_size": config.image_size, "pretrained": config.pretrained},
         training={"batch_size": config.batch_size, "lr": config.lr, "local_epochs": config.local_epochs,
@@ -137,12 +153,12 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
-def run_one(config: SweepConfig, variant: Variant, epsilon: float | None, out: Path,
+def run_one(config: SweepConfig, variant: Variant, epsilon: float | None, out: Path, *, seed: int = 0,
             on_round: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """One federation of the grid, in-process; its row of `sweep.csv`."""
     started, load, error, metrics = time.perf_counter(), _load(), None, {}
     try:
-        plan, sites = prepare_simulation(make_run_plan(config, variant, epsilon, out), _sites(config),
+        plan, sites = prepare_simulation(make_run_plan(config, variant, epsilon, out, seed=seed), _sites(config),
                                          policy=config.policy)
         metrics = run_inprocess(plan, sites, on_round=on_round)
     except ValidationError as refused:  # the plan refuses the combination; nothing ran
@@ -155,7 +171,7 @@ def run_one(config: SweepConfig, variant: Variant, epsilon: float | None, out: P
     row = summarize(metrics, method=variant.method or get_recipe(variant.recipe).method, epsilon=epsilon,
                     wall_s=wall, error=error, run_dir=out)
     return {**row, "data": config.data, "label": variant.label, "recipe": variant.recipe,
-            "strategy": variant.strategy, "optimizer_state": _state_name(variant, metrics),
+            "strategy": variant.strategy, "optimizer_state": _state_name(variant, metrics), "seed": seed,
             "load": round((load + _load()) / 2, 1)}
 
 
@@ -164,16 +180,18 @@ def _state_name(variant: Variant, metrics: dict) -> str:
     return "recipe's" if kept is None else "kept" if kept else "fresh"
 
 
-def run_centralized(config: SweepConfig, variant: Variant, out: Path) -> dict[str, Any]:
+def run_centralized(config: SweepConfig, variant: Variant, out: Path, *, seed: int = 0) -> dict[str, Any]:
     """The centralized baseline of `variant`'s method and recipe at equal epochs; its row."""
     started, load = time.perf_counter(), _load()
-    plan = make_run_plan(config, replace(variant, strategy="fedavg", optimizer_state=None), None, out)
+    plan = make_run_plan(config, replace(variant, strategy="fedavg", optimizer_state=None), None, out, seed=seed)
     data = [load_site_data(site, image_size=plan.model.size) for site in _sites(config)]
     result = centralized_baseline(plan, data, out)
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"]  # `train_centralized`'s, per epoch
     return {"data": config.data, "label": f"{Variant(variant.method, variant.recipe).label}-centralized",
             "method": plan.model.method, "recipe": variant.recipe, "strategy": "centralized",
-            "optimizer_state": "kept", "epsilon_target": "none", "rounds": result["epochs"],
-            "final_dice": result["dice"], "wall_s": round(time.perf_counter() - started, 1),
+            "optimizer_state": "kept", "seed": seed, "epsilon_target": "none", "rounds": result["epochs"],
+            "final_dice": result["dice"], "tail_dice": tail_mean([e["val"]["dice"] for e in epochs]),
+            "wall_s": round(time.perf_counter() - started, 1),
             "load": round((load + _load()) / 2, 1), "status": "completed", "run_dir": str(out)}
 
 
@@ -191,6 +209,7 @@ def summarize(metrics: dict, *, method: str, epsilon: float | None, wall_s: floa
         "rounds": len(rounds),
         "final_dice": rounds[-1]["mean_dice"] if rounds else None,
         "first_dice": rounds[0]["mean_dice"] if rounds else None,
+        "tail_dice": tail_mean([r["mean_dice"] for r in rounds]),
         "upload_bytes_per_site_round": round(sum(s["bytes_sent"] for s in sites) / per_site_round),
         "download_bytes_per_site_round": round(sum(s["bytes_received"] for s in sites) / per_site_round),
         "bytes_per_round": round(sum(s["bytes_sent"] + s["bytes_received"] for s in sites) / max(1, len(rounds))),
@@ -205,7 +224,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, on_run: Callable[[dict], 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    centralized: dict[tuple, float | None] = {}
+    centralized: dict[tuple, dict[str, Any]] = {}
 
     def add(row: dict[str, Any]) -> None:
         rows.append(row)
@@ -213,24 +232,50 @@ def run_sweep(config: SweepConfig, out: str | Path, *, on_run: Callable[[dict], 
         if on_run:
             on_run(row)
 
-    for variant in config.variants():
-        baseline = (variant.method, variant.recipe)
+    several = len(config.seeds) > 1
+    for variant, seed in ((variant, seed) for variant in config.variants() for seed in config.seeds):
+        baseline = (variant.method, variant.recipe, seed)
         if config.compare_centralized and baseline not in centralized:
-            row = run_centralized(config, variant, out / f"{Variant(variant.method, variant.recipe).label}-centralized")
-            centralized[baseline] = row["final_dice"]
+            suffix = f"-seed{seed}" if several else ""
+            row = run_centralized(config, variant, out / f"{Variant(variant.method, variant.recipe).label}-centralized"
+                                                         f"{suffix}", seed=seed)
+            centralized[baseline] = row
             add(row)
         for epsilon in config.epsilons:
-            name = run_name(variant, epsilon)
-            row = run_one(config, variant, epsilon, out / name,
+            name = run_name(variant, epsilon, seed if several else None)
+            row = run_one(config, variant, epsilon, out / name, seed=seed,
                           on_round=(lambda record, name=name: on_round(name, record)) if on_round else None)
-            reference = centralized.get(baseline)
-            if reference and row["final_dice"] is not None:
-                row["of_centralized"] = round(row["final_dice"] / reference, 4)
+            reference = centralized.get(baseline, {})
+            for dice, share in (("final_dice", "of_centralized"), ("tail_dice", "tail_of_centralized")):
+                if reference.get(dice) and row.get(dice) is not None:
+                    row[share] = round(row[dice] / reference[dice], 4)
             add(row)
     federated = [row for row in rows if row["strategy"] != "centralized"]
-    save_dice_vs_epsilon(federated, out / "dice_vs_epsilon.png")
+    save_dice_vs_epsilon(configuration_means(federated), out / "dice_vs_epsilon.png")
     save_bytes_plot(federated, out / "bytes_per_round.png")
     return rows
+
+
+def configuration_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (label, epsilon target), in the order first seen: the mean, least and most of
+    `final_dice`, and the means of `of_centralized`, `tail_dice` and `tail_of_centralized`, over the
+    seeds that gave one; `seeds` their number, and the first row's other fields."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["label"], str(row["epsilon_target"])), []).append(row)
+    means = []
+    for group in groups.values():
+        dice = [r["final_dice"] for r in group if r.get("final_dice") is not None]
+        means.append({**group[0], "seeds": len(dice), "final_dice": sum(dice) / len(dice) if dice else None,
+                      "min_dice": min(dice, default=None), "max_dice": max(dice, default=None),
+                      **{key: _mean([r.get(key) for r in group])
+                         for key in ("of_centralized", "tail_dice", "tail_of_centralized")}})
+    return means
+
+
+def _mean(values: list[float | None]) -> float | None:
+    given = [v for v in values if v is not None]
+    return sum(given) / len(given) if given else None
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -275,6 +320,20 @@ def parse_optimizer_states(text: str) -> tuple[bool | None, ...]:
         raise ValueError(f"optimizer state(s) {', '.join(unknown) or '(none given)'}: choose from "
                          f"{', '.join(OPTIMIZER_STATES)}")
     return tuple(OPTIMIZER_STATES[item] for item in items)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """"0,1,2" -> (0, 1, 2); ValueError naming a bad or repeated item."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise ValueError("no seed given")
+    bad = [item for item in items if not item.isdigit()]
+    if bad:
+        raise ValueError(f"seed(s) {', '.join(bad)}: a seed is a whole number >= 0")
+    seeds = tuple(int(item) for item in items)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {text!r} repeat a seed")
+    return seeds
 
 
 def with_overrides(config: SweepConfig, **values: Any) -> SweepConfig:

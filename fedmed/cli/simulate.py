@@ -39,7 +39,7 @@ def simulate(
                                                       "fedmedian, fedtrimmedavg, krum, bulyan [default: fedavg]"),
     server_lr: Optional[float] = typer.Option(None, help="server step size of fedavgm, fedadam, fedyogi, fedadagrad "
                                                          "[default: the strategy's]"),
-    proximal_mu: Optional[float] = typer.Option(None, help="fedprox's mu [default: 0.01]"),
+    proximal_mu: Optional[float] = typer.Option(None, help="fedprox's mu [default: 0.1]"),
     rounds: Optional[int] = typer.Option(None, min=1, help="federated rounds [default: 5]"),
     clients: Optional[int] = typer.Option(None, min=1, help="sites [default: 3 synthetic, or one per site folder]"),
     local_epochs: Optional[int] = typer.Option(None, min=1, help="epochs over its data per site and round [1]"),

@@ -7,8 +7,9 @@
 Each run is a whole federation in this process (the in-process Grid, sites one after the other)
 with the same code as a deployment: every site under `--policy` (default `research`: synthetic or
 public data only), with DP-SGD at the run's epsilon target, its audit log and privacy ledger.
-The grid is methods x recipes x strategies x optimizer states x epsilons; `--compare-centralized`
-adds, per method and recipe, a model trained on the union of the sites at equal epochs.
+The grid is methods x recipes x strategies x optimizer states x seeds x epsilons;
+`--compare-centralized` adds, per method, recipe and seed, a model trained on the union of the sites
+at equal epochs. With several `--seeds` the table shows each configuration's mean (least-most).
 Writes `OUT/sweep.csv`, `OUT/dice_vs_epsilon.png`, `OUT/bytes_per_round.png` and a directory per run.
 """
 
@@ -39,7 +40,7 @@ def sweep(
     local_epochs: Optional[int] = typer.Option(None, min=1, help="local epochs per round [1]"),
     server_lr: Optional[float] = typer.Option(None, help="server step of the strategies that take one "
                                                          "[the strategy's]"),
-    proximal_mu: Optional[float] = typer.Option(None, help="fedprox's mu [0.01]"),
+    proximal_mu: Optional[float] = typer.Option(None, help="fedprox's mu [0.1]"),
     rounds: Optional[int] = typer.Option(None, min=1, help="rounds per run [3]"),
     clients: Optional[int] = typer.Option(None, min=2, help="synthetic sites [3]"),
     samples_per_site: Optional[int] = typer.Option(None, min=2, help="synthetic pictures per site [80]"),
@@ -53,7 +54,8 @@ def sweep(
     dp: Optional[str] = typer.Option(None, help="DP mode of the runs with a target: sample or client [sample]"),
     secure_agg: bool = typer.Option(False, "--secure-agg", help="secure aggregation in every run (slower)"),
     policy: Optional[str] = typer.Option(None, help="every site's policy [research]"),
-    seed: Optional[int] = typer.Option(None, help="run seed [0]"),
+    seeds: str = typer.Option("0", "--seeds", "--seed", help="comma-separated run seeds (model, shuffling; not "
+                                                           "the sites' data): each configuration runs once a seed"),
     out: Path = typer.Option(Path("runs/sweep"), help="output directory"),
 ) -> None:
     """Run simulations over a grid of DP targets, methods, recipes and strategies; CSV and plots of Dice and bytes."""
@@ -61,11 +63,14 @@ def sweep(
     from fedmed.data.synthetic import SYNTHETIC_DATA
     from fedmed.models import METHODS
     from fedmed.recipes import RECIPES
-    from fedmed.sweep import SweepConfig, parse_epsilons, parse_optimizer_states, run_sweep, with_overrides
+    from fedmed.sweep import (
+        SweepConfig, parse_epsilons, parse_optimizer_states, parse_seeds, run_sweep, with_overrides,
+    )
 
     try:
         targets = parse_epsilons(epsilons)
         states = parse_optimizer_states(optimizer_state)
+        run_seeds = parse_seeds(seeds)
     except ValueError as error:
         fail(str(error))
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
@@ -92,15 +97,16 @@ def sweep(
             fail(str(error))
     config = with_overrides(SweepConfig(methods=tuple(None if m == "recipe" else m for m in chosen), epsilons=targets,
                                         recipes=lists["recipe"], strategies=lists["strategy"], optimizer_states=states,
-                                        secure_aggregation=secure_agg, compare_centralized=compare_centralized),
+                                        secure_aggregation=secure_agg, compare_centralized=compare_centralized,
+                                        seeds=run_seeds),
                             data=data, local_epochs=local_epochs, server_lr=server_lr, proximal_mu=proximal_mu,
                             rounds=rounds, sites=clients, samples_per_site=samples_per_site, arch=arch,
                             image_size=image_size, pretrained=False if random_init else None, batch_size=batch_size,
-                            lr=lr, max_grad_norm=max_grad_norm, delta=delta, dp_mode=dp, policy=policy, seed=seed)
-    total = len(config.variants()) * len(config.epsilons)
+                            lr=lr, max_grad_norm=max_grad_norm, delta=delta, dp_mode=dp, policy=policy)
+    total = len(config.variants()) * len(config.seeds) * len(config.epsilons)
     console.print(f"sweep: {total} runs ({', '.join(v.label for v in config.variants())} x epsilon "
-                  f"{', '.join('none' if e is None else f'{e:g}' for e in config.epsilons)}) on {config.data}, "
-                  f"{config.rounds} rounds each -> {out}")
+                  f"{', '.join('none' if e is None else f'{e:g}' for e in config.epsilons)} x seed "
+                  f"{', '.join(map(str, config.seeds))}) on {config.data}, {config.rounds} rounds each -> {out}")
     done = [0]
 
     def on_round(name: str, record: dict) -> None:
@@ -108,7 +114,8 @@ def sweep(
 
     def on_run(row: dict) -> None:
         if row["strategy"] == "centralized":
-            console.print(f"{row['label']}: Dice {row['final_dice']:.3f} after {row['rounds']} epochs "
+            console.print(f"{row['label']} seed {row['seed']}: Dice {row['final_dice']:.3f} after {row['rounds']} "
+                          f"epochs "
                           f"({row['wall_s']:.0f} s, load {row['load']})")
             return
         done[0] += 1
@@ -116,7 +123,8 @@ def sweep(
         share = f", {row['of_centralized']:.1%} of centralized" if row.get("of_centralized") else ""
         result = (f"final Dice {row['final_dice']:.3f}{spent}{share}" if row["final_dice"] is not None
                   else f"[red]failed[/red]: {row['error']}")
-        console.print(f"[{done[0]}/{total}] {row['label']} epsilon {row['epsilon_target']}: {result} "
+        console.print(f"[{done[0]}/{total}] {row['label']} seed {row['seed']} epsilon {row['epsilon_target']}: "
+                      f"{result} "
                       f"({row['wall_s']:.0f} s, load {row['load']})")
 
     rows = run_sweep(config, out, on_run=on_run, on_round=on_round)
@@ -129,16 +137,33 @@ def sweep(
 def _table(rows: list[dict]) -> None:
     from rich.table import Table
 
-    table = Table(title="final Dice by configuration and epsilon target")
-    targets = list(dict.fromkeys(str(r["epsilon_target"]) for r in rows))
+    from fedmed.sweep import TAIL, configuration_means
+
+    means = configuration_means(rows)
+    seeds = max((m["seeds"] for m in means), default=1)
+    table = Table(title="final Dice by configuration and epsilon target" +
+                  (f" (mean, least-most of {seeds} seeds)" if seeds > 1 else ""))
+    targets = list(dict.fromkeys(str(m["epsilon_target"]) for m in means))
+    shares = any(m.get("of_centralized") is not None for m in means)
     table.add_column("configuration")
     for target in targets:
         table.add_column(f"eps {target}" if target != "none" else "no DP", justify="right")
+    if shares:
+        table.add_column("of centralized (no DP)", justify="right")
+        table.add_column(f"last {TAIL}: of centralized", justify="right")
     table.add_column("MB up/round/site", justify="right")
-    for label in dict.fromkeys(r["label"] for r in rows):
-        cells = {str(r["epsilon_target"]): r for r in rows if r["label"] == label}
-        dice = [f"{cells[t]['final_dice']:.3f}" if t in cells and cells[t]["final_dice"] is not None else "-"
-                for t in targets]
-        upload = next((r.get("upload_bytes_per_site_round") or 0 for r in cells.values() if r["rounds"]), 0)
-        table.add_row(label, *dice, f"{upload / 1e6:.2f}")
+    for label in dict.fromkeys(m["label"] for m in means):
+        cells = {str(m["epsilon_target"]): m for m in means if m["label"] == label}
+        dice = [_dice(cells[t]) if t in cells else "-" for t in targets]
+        plain = cells.get("none") or {}
+        ratios = [plain.get(key) for key in ("of_centralized", "tail_of_centralized")] if shares else []
+        upload = next((m.get("upload_bytes_per_site_round") or 0 for m in cells.values() if m["rounds"]), 0)
+        table.add_row(label, *dice, *(f"{r:.1%}" if r is not None else "-" for r in ratios), f"{upload / 1e6:.2f}")
     console.print(table)
+
+
+def _dice(mean: dict) -> str:
+    if mean["final_dice"] is None:
+        return "-"
+    spread = f" ({mean['min_dice']:.3f}-{mean['max_dice']:.3f})" if mean["seeds"] > 1 else ""
+    return f"{mean['final_dice']:.3f}{spread}"

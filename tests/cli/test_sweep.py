@@ -10,7 +10,15 @@ from typer.testing import CliRunner
 
 from audit import verify
 from fedmed.cli.main import app
-from fedmed.sweep import parse_epsilons, parse_optimizer_states, summarize, write_csv
+from fedmed.sweep import (
+    configuration_means,
+    parse_epsilons,
+    parse_optimizer_states,
+    parse_seeds,
+    summarize,
+    tail_mean,
+    write_csv,
+)
 from fedmed.sweep_plots import save_bytes_plot, save_dice_vs_epsilon
 
 SMALL = ["--rounds", "1", "--clients", "2", "--image-size", "32", "--samples-per-site", "20", "--batch-size", "4"]
@@ -53,10 +61,28 @@ def test_a_sweep_over_strategies_and_optimizer_states_against_the_centralized_ba
         assert row["data"] == "synthetic-noniid" and float(row["load"]) >= 0 and float(row["wall_s"]) > 0
         assert float(row["of_centralized"]) == pytest.approx(float(row["final_dice"]) / centralized, abs=1e-4)
     plan = json.loads((tmp_path / "fedmsa-fedprox-kept-nodp" / "config.json").read_text())
-    assert (plan["strategy"]["name"], plan["strategy"]["proximal_mu"]) == ("fedprox", 0.01)
+    assert (plan["strategy"]["name"], plan["strategy"]["proximal_mu"]) == ("fedprox", 0.1)
     assert plan["training"]["keep_optimizer_state"] is True
     assert list((tmp_path / "fedmsa-fedprox-kept-nodp" / "state" / "site-0" / "optimizer").iterdir())
     assert not (tmp_path / "fedmsa-fedprox-fresh-nodp" / "state" / "site-0" / "optimizer").exists()
+
+
+def test_each_seed_runs_every_configuration_against_its_own_centralized_baseline(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "--epsilons", "none", "--methods", "fedmsa", "--seeds", "0,1",
+                                      "--compare-centralized", "--out", str(tmp_path), *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "mean, least-most of 2 seeds" in result.output and "of centralized" in result.output
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert [(r["label"], r["seed"]) for r in rows] == [("fedmsa-centralized", "0"), ("fedmsa", "0"),
+                                                       ("fedmsa-centralized", "1"), ("fedmsa", "1")]
+    for centralized, federated in (rows[:2], rows[2:]):
+        for dice, share in (("final_dice", "of_centralized"), ("tail_dice", "tail_of_centralized")):
+            assert float(federated[share]) == pytest.approx(float(federated[dice]) / float(centralized[dice]),
+                                                            abs=1e-4)
+    for seed in (0, 1):
+        plan = json.loads((tmp_path / f"fedmsa-nodp-seed{seed}" / "config.json").read_text())
+        assert plan["federation"]["seed"] == seed
+        assert (tmp_path / f"fedmsa-centralized-seed{seed}" / "metrics.json").exists()
 
 
 def test_a_combination_the_plan_refuses_is_a_row_with_the_reason(tmp_path):
@@ -74,6 +100,8 @@ def test_a_combination_the_plan_refuses_is_a_row_with_the_reason(tmp_path):
     (["--methods", "fedavg"], "unknown method(s) fedavg"),
     (["--strategies", "fedsgd"], "unknown strategy(s) fedsgd"),
     (["--recipes", "fast"], "unknown recipe(s) fast"),
+    (["--seeds", "0,x"], "seed(s) x: a seed is a whole number >= 0"),
+    (["--seeds", "1,1"], "repeat a seed"),
     (["--optimizer-state", "warm"], "optimizer state(s) warm: choose from recipe, kept, fresh"),
     (["--data", "noniid"], "--data must be one of synthetic, synthetic-noniid"),
     (["--policy", "nonexistent"], "unknown policy"),
@@ -87,11 +115,20 @@ def test_bad_options_stop_before_any_run(tmp_path, options, message):
 def test_parse_summarize_and_plot_rows(tmp_path):
     assert parse_epsilons("none, 1,4 ,8") == (None, 1.0, 4.0, 8.0)
     assert parse_optimizer_states("recipe, kept,fresh") == (None, True, False)
+    assert parse_seeds("0, 2,1") == (0, 2, 1)
+    runs = [{"label": "a", "epsilon_target": "none", "final_dice": dice, "of_centralized": share,
+             "tail_of_centralized": share and share / 2} for dice, share in ((0.2, 0.5), (0.4, 1.0), (None, None))]
+    [mean] = configuration_means([*runs, {"label": "b", "epsilon_target": 8.0, "final_dice": None}])[:1]
+    assert (mean["seeds"], mean["min_dice"], mean["max_dice"]) == (2, 0.2, 0.4)
+    assert mean["final_dice"] == pytest.approx(0.3) and mean["of_centralized"] == pytest.approx(0.75)
+    assert mean["tail_of_centralized"] == pytest.approx(0.375)
     site = {"epsilon": 3.5, "delta": 1e-5, "bytes_sent": 100, "bytes_received": 300}
     metrics = {"rounds": [{"mean_dice": 0.2, "sites": {"a": site, "b": {**site, "epsilon": 4.0}}},
                           {"mean_dice": 0.5, "sites": {"a": site, "b": site}}]}
     row = summarize(metrics, method="samed", epsilon=4.0, wall_s=1.23, error=None, run_dir=tmp_path)
     assert (row["epsilon_spent"], row["first_dice"], row["final_dice"]) == (4.0, 0.2, 0.5)
+    assert row["tail_dice"] == pytest.approx(0.35)  # fewer rounds than TAIL: the mean of all
+    assert tail_mean([0.9, 0.1, 0.2, 0.3]) == pytest.approx(0.2) and tail_mean([]) is None
     assert (row["upload_bytes_per_site_round"], row["bytes_per_round"]) == (100, 800)
     failed = summarize({}, method="fedsam", epsilon=None, wall_s=0.5, error="refused", run_dir=tmp_path)
     assert failed["final_dice"] is None and failed["status"] == "failed"

@@ -41,3 +41,15 @@ def test_fedfms_multiclass_adds_only_its_1x1_conv_to_what_travels():
     assert binary == trainable_tensor_names("fedmsa", "vit_b")  # binary: the same tensors as the default
     costs = method_costs("vit_b", recipe="fedfms", num_classes=3)
     assert costs["fedmsa"]["trainable_params"] == method_costs("vit_b")["fedmsa"]["trainable_params"] + 4 * 2 + 2
+
+
+def test_flap_sams_trainable_set_is_the_lora_of_the_default_and_its_own_head_without_the_iou_head():
+    default = trainable_tensor_names("flap-sam", "vit_b", num_classes=3)
+    flap = trainable_tensor_names("flap-sam", "vit_b", recipe="flap-sam", num_classes=3)
+    lora = [name for name in flap if "lora" in name]
+    assert lora == [name for name in default if "lora" in name] and len(lora) == 76  # q, v of 12 + 7 attentions
+    head = {name.split(".")[1] for name in flap if name not in lora}
+    assert head == {"mask_tokens", "output_upscaling", "output_hypernetworks_mlps"}
+    assert sum("output_upscaling" in name for name in flap) == 14  # 4 stages to full size (SAM's: 2, 6 tensors)
+    assert sum("output_hypernetworks_mlps" in name for name in flap) == 3 * 3 * 2  # a 3-layer MLP per class token
+    assert not any("iou_prediction_head" in name or "prompt_encoder" in name for name in flap)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower
 
@@ -170,3 +171,22 @@ def test_krum_keeps_a_site_sending_a_huge_update_out_of_the_model_where_fedavg_t
         final = load_trainable(tmp_path / name / "final.pt")[0]
         moved[name] = max(float((final[k] - start[k]).abs().max()) for k in start)
     assert moved["fedavg"] > 30 and moved["krum"] < 1, moved  # fedavg: a third of 100 on every coordinate
+
+
+def test_a_fedadam_run_stopped_after_round_1_and_resumed_ends_with_the_same_model_and_moments(tmp_path):
+    from fl_helpers import small_grid, small_plan
+
+    from fedmed.fl.server.rounds import run_federation
+    from fedmed.fl.server.run_dir import RunDir
+    from fedmed.io import load_trainable
+
+    fedadam = StrategySection(name="fedadam")
+    run_federation(small_grid(), small_plan(tmp_path / "straight", rounds=2, strategy=fedadam))
+    run_federation(small_grid(), small_plan(tmp_path / "resumed", rounds=1, strategy=fedadam))
+    first = RunDir(tmp_path / "resumed").strategy_state(1)["arrays"]
+    assert set(first) == {"m", "v"} and np.abs(first["m"]).max() > 0  # round 1's moments are in its checkpoint
+    run_federation(small_grid(), small_plan(tmp_path / "resumed", rounds=2, strategy=fedadam), resume=True)
+    straight, resumed = (load_trainable(tmp_path / run / "final.pt")[0] for run in ("straight", "resumed"))
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    moments = [RunDir(tmp_path / run).strategy_state(2)["arrays"] for run in ("straight", "resumed")]
+    assert all(np.array_equal(moments[0][k], moments[1][k]) for k in ("m", "v"))
