@@ -179,7 +179,7 @@ class LayerNorm2dRule(Rule):
 
 
 class ExactLayer(Rule):
-    """Any other layer (SAM's encoder Attention and its relative-position tables): for each example, the
+    """Any other layer (and SAM's relative-position tables where SAM interpolates them): for each example, the
     vjp of the layer alone on that example's rows, under vmap. Exact; costs one more forward and
     backward of this layer. Its sub-layers' hooks must be off while it runs (the caller's job)."""
 
