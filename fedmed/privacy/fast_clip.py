@@ -139,7 +139,8 @@ class _Pass:
             return None  # not seen: the route check sends these tensors to the exact route
         self.uses.update(prefix + name for name in rule.names)
         inputs = tuple(arg.detach() for arg in args)
-        return _Tap.apply(self.anchor, output, partial(self._layer_grad, prefix, partial(rule, inputs, units=self.units)))
+        on_grad = partial(rule, inputs, units=self.units)
+        return _Tap.apply(self.anchor, output, partial(self._layer_grad, prefix, on_grad))
 
     def _before(self, arg: int, taps: list[EntryTap], module, args):
         if not self.active or len(args) <= arg:

@@ -3,8 +3,9 @@
 A forward hook keeps what a layer was called with, a tap on its output receives the output's
 gradient during the one backward pass, and the layer's rule turns both into one `Contribution`
 per trainable tensor the layer owns directly (`ghost.py`). A rule may instead tap tensors made
-inside the layer's forward (`Rule.taps_inside`; the relative-position tables do). Rows of every input are whole examples,
-example-major (SAM's windows and per-class decoder queries are), so [R, ...] regroups as [B, L, ...].
+inside the layer's forward (`Rule.taps_inside`; the relative-position tables do). Rows of every
+input are whole examples, example-major (SAM's windows and per-class decoder queries are), so
+[R, ...] regroups as [B, L, ...].
 
 | layer | rule |
 | --- | --- |
@@ -15,7 +16,7 @@ example-major (SAM's windows and per-class decoder queries are), so [R, ...] reg
 | `nn.Embedding` | Opacus's embedding ghost norm; clipped sum by `index_add` |
 | `nn.LayerNorm` | Opacus's per-sample grad sampler, summed per unit |
 | SAM's `LayerNorm2d` | the same over the channel dimension |
-| SAM's encoder `Attention` (rel-pos tables) | taps inside the layer: rel_h / rel_w's gradient from the backward pass, summed per table row |
+| SAM's encoder `Attention` (rel-pos tables) | rel_h / rel_w tapped inside the layer; their gradient, summed per table row |
 | anything else | `ExactLayer`: vjp of that layer alone per example, under vmap |
 
 Exact type checks (no subclasses): a subclass may compute something else with the same tensors.
