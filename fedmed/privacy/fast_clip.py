@@ -9,8 +9,10 @@ How (book-keeping ghost clipping, Bu et al. 2023): forward hooks keep each rule 
 put a tap on its output; the single backward pass asks autograd only for the gradient reaching the
 taps (`torch.autograd.grad(..., inputs=[anchor])`), so no parameter gradient is formed, and each
 tap hands its output gradient to the layer's rule (`layer_rules.py`), which returns per-unit norms
-and what the clipped sum needs (`ghost.py`). Tensors SAM uses outside a layer's forward get an
-entry tap (`sam_taps.py`). Once every unit's norm is known, the clipped sum is formed per tensor.
+and what the clipped sum needs (`ghost.py`); a rule that taps inside its layer instead (SAM's
+relative-position tables) gets a mode entered around the layer's forward (`Rule.taps_inside`).
+Tensors SAM uses outside a layer's forward get an entry tap (`sam_taps.py`). Once every unit's norm
+is known, the clipped sum is formed per tensor.
 
 Route, fixed on the first call by comparing with the autograd graph: a tensor whose uses in the
 graph equal the uses its rule or tap saw takes this fast route; a tensor no one saw (or saw a
@@ -99,12 +101,14 @@ class _Pass:
         self.anchor = torch.zeros((), requires_grad=True, device=device)
         self.uses: Counter = Counter()
         self.contributions: dict[str, list[Contribution]] = defaultdict(list)
+        self.inside: dict[torch.nn.Module, contextlib.AbstractContextManager] = {}  # modes entered by `_enter`
         self.active = True
 
     @contextlib.contextmanager
     def hooks(self):
         handles = []
         for prefix, rule in self.clipper.rules:
+            handles.append(rule.module.register_forward_pre_hook(partial(self._enter, prefix, rule)))
             handles.append(rule.module.register_forward_hook(partial(self._after, prefix, rule), with_kwargs=True))
         for (module, arg), taps in self.clipper.tap_groups.items():
             handles.append(module.register_forward_pre_hook(partial(self._before, arg, taps)))
@@ -113,14 +117,30 @@ class _Pass:
         finally:
             for handle in handles:
                 handle.remove()
+            while self.inside:  # a forward that raised left its modes entered
+                self.inside.popitem()[1].__exit__(None, None, None)
+
+    def _enter(self, prefix: str, rule: Rule, module, args):
+        mode = rule.taps_inside(args, self.units, partial(self._inner_tap, prefix)) if self.active else None
+        if mode is not None:
+            mode.__enter__()
+            self.inside[module] = mode
+
+    def _inner_tap(self, prefix: str, names: list[str], tensor: torch.Tensor, on_grad) -> torch.Tensor:
+        self.uses.update(prefix + name for name in names)
+        return _Tap.apply(self.anchor, tensor, partial(self._layer_grad, prefix, on_grad))
 
     def _after(self, prefix: str, rule: Rule, module, args, kwargs, output):
+        if module in self.inside:  # tapped inside: its taps counted the uses
+            self.inside.pop(module).__exit__(None, None, None)
+            return None
         tensors = all(isinstance(arg, torch.Tensor) for arg in args)
         if not self.active or kwargs or not args or not tensors or not isinstance(output, torch.Tensor):
             return None  # not seen: the route check sends these tensors to the exact route
         self.uses.update(prefix + name for name in rule.names)
         inputs = tuple(arg.detach() for arg in args)
-        return _Tap.apply(self.anchor, output, partial(self._layer_grad, prefix, rule, inputs))
+        on_grad = partial(rule, inputs, units=self.units)
+        return _Tap.apply(self.anchor, output, partial(self._layer_grad, prefix, on_grad))
 
     def _before(self, arg: int, taps: list[EntryTap], module, args):
         if not self.active or len(args) <= arg:
@@ -137,10 +157,10 @@ class _Pass:
         if name in self.clipper.route.fast:
             self.contributions[name].append(contribution)
 
-    def _layer_grad(self, prefix: str, rule: Rule, inputs, grad) -> None:
+    def _layer_grad(self, prefix: str, on_grad, grad) -> None:
         self.active = False  # an exact-layer rule runs its layer again: its sub-layers' hooks stay quiet
         try:
-            contributions = rule(inputs, grad, self.units)
+            contributions = on_grad(grad)
         finally:
             self.active = True
         for name, contribution in contributions.items():

@@ -2,8 +2,10 @@
 
 A forward hook keeps what a layer was called with, a tap on its output receives the output's
 gradient during the one backward pass, and the layer's rule turns both into one `Contribution`
-per trainable tensor the layer owns directly (`ghost.py`). Rows of every input are whole examples,
-example-major (SAM's windows and per-class decoder queries are), so [R, ...] regroups as [B, L, ...].
+per trainable tensor the layer owns directly (`ghost.py`). A rule may instead tap tensors made
+inside the layer's forward (`Rule.taps_inside`; the relative-position tables do). Rows of every
+input are whole examples, example-major (SAM's windows and per-class decoder queries are), so
+[R, ...] regroups as [B, L, ...].
 
 | layer | rule |
 | --- | --- |
@@ -14,13 +16,16 @@ example-major (SAM's windows and per-class decoder queries are), so [R, ...] reg
 | `nn.Embedding` | Opacus's embedding ghost norm; clipped sum by `index_add` |
 | `nn.LayerNorm` | Opacus's per-sample grad sampler, summed per unit |
 | SAM's `LayerNorm2d` | the same over the channel dimension |
-| SAM's encoder `Attention` (rel-pos tables) | the attention logits' gradient, recomputed; summed per table row |
+| SAM's encoder `Attention` (rel-pos tables) | rel_h / rel_w tapped inside the layer; their gradient, summed per table row |
 | anything else | `ExactLayer`: vjp of that layer alone per example, under vmap |
 
 Exact type checks (no subclasses): a subclass may compute something else with the same tensors.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from opacus.grad_sample.embedding import compute_embedding_grad_sample
@@ -30,6 +35,7 @@ from opacus.utils.tensor_utils import unfold2d
 from torch import nn
 from torch.func import functional_call, vjp, vmap
 from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from fedmed.models.lora import LoRALinear, LoRAQKV
 from fedmed.models.sam_import import import_sam_modeling
@@ -39,9 +45,10 @@ from fedmed.privacy.units import Units
 _sam = import_sam_modeling()
 _LayerNorm2d = _sam.common.LayerNorm2d
 _SamAttention = _sam.image_encoder.Attention
-_ATTENTION_BUDGET = 1 << 24  # floats of attention matrix per pass of RelPosRule (64 MiB)
 
 Contributions = dict[str, Contribution]
+# tap(names, tensor, on_grad): `tensor` again, and on_grad(its gradient) -> contributions of `names`
+Tap = Callable[[list[str], torch.Tensor, Callable[[torch.Tensor], Contributions]], torch.Tensor]
 
 
 class Rule:
@@ -55,6 +62,11 @@ class Rule:
 
     def __call__(self, inputs: tuple[torch.Tensor, ...], grad: torch.Tensor, units: Units) -> Contributions:
         raise NotImplementedError
+
+    def taps_inside(self, inputs: tuple[torch.Tensor, ...], units: Units, tap: Tap) -> TorchFunctionMode | None:
+        """A mode to enter around this call of the layer that taps tensors made inside it, with
+        `tap(names, tensor, grad -> contributions)`, instead of the output tap (None: the output tap)."""
+        return None
 
 
 class LinearRule(Rule):
@@ -168,7 +180,7 @@ class LayerNorm2dRule(Rule):
 
 
 class ExactLayer(Rule):
-    """Any other layer (SAM's encoder Attention and its relative-position tables): for each example, the
+    """Any other layer (and SAM's relative-position tables where SAM interpolates them): for each example, the
     vjp of the layer alone on that example's rows, under vmap. Exact; costs one more forward and
     backward of this layer. Its sub-layers' hooks must be off while it runs (the caller's job)."""
 
@@ -185,52 +197,59 @@ class ExactLayer(Rule):
         return {name: PerUnit(units.sum(grads[name].float())) for name in self.names}
 
 
-class RelPosRule(Rule):
+class RelPosRule(ExactLayer):
     """SAM's encoder Attention, relative-position tables (`fedsam`): logits = q k^T * scale + rel_h + rel_w
     with rel_h[b, h, w, k] = q[b, h, w] . Rh[h, k] and Rh = rel_pos_h[h - k + H - 1] (and so for w).
-    From the layer's input (q, k, v again, softmax P) and output gradient (through proj: dO), the
-    logits' gradient P * (dO v^T - rowsum(P * dO v^T)) gives dRh per example, then each table row
-    sums the (h, k) pairs that read it. One more qkv, two attention products, no backward pass;
-    examples in passes of at most 64 MiB of attention matrix. Tables that SAM would interpolate
-    (size != 2 * side - 1) go to `ExactLayer`."""
 
-    def __call__(self, inputs, grad, units):
-        x, g = inputs[0], grad
-        rows_, height, width, _ = x.shape
-        attention = self.module
-        if attention.rel_pos_h.shape[0] != 2 * height - 1 or attention.rel_pos_w.shape[0] != 2 * width - 1:
-            return ExactLayer(attention, self.names)(inputs, grad, units)
-        heads, per_example = attention.num_heads, rows_ // units.batch
-        tokens = height * width
-        step = max(1, _ATTENTION_BUDGET // (per_example * heads * tokens * tokens))
-        grads = {"rel_pos_h": [], "rel_pos_w": []}
-        for start in range(0, units.batch, step):
-            part = slice(start * per_example, (start + step) * per_example)
-            for name, table in self._tables(x[part], g[part], height, width, heads).items():
-                grads[name].append(table.reshape(-1, per_example * heads, *table.shape[1:]).sum(1))
-        return {name: PerUnit(units.sum(torch.cat(grads[name]))) for name in self.names}
+    The backward pass forms the gradient of rel_h [R*heads, H, W, H] (the logits' gradient summed over
+    kw) on its way to q; `taps_inside` taps rel_h and rel_w where SAM's `add_decomposed_rel_pos` makes
+    them (its two einsums, seen through a torch function mode entered only for this layer's forward in a
+    DP pass), and the tap reduces that gradient at once: dRh[b, h, k] = sum_w q[b, h, w] dRel_h[b, h, w, k]
+    per example, then each table row sums the (h, k) pairs that read it. Nothing is recomputed and
+    nothing of size tokens x tokens is kept. Tables that SAM would interpolate (size != 2 * side - 1)
+    take `ExactLayer` through the output tap, as any layer whose inside is not tapped."""
 
-    def _tables(self, x, g, height, width, heads) -> dict[str, torch.Tensor]:
-        """Per (row, head) gradients of rel_pos_h [R*heads, 2H-1, hd] and rel_pos_w [R*heads, 2W-1, hd]."""
-        attention, rows_, tokens = self.module, x.shape[0], height * width
-        qkv = attention.qkv(x).float().reshape(rows_, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.reshape(3, rows_ * heads, tokens, -1).unbind(0)
-        logits = _sam.image_encoder.add_decomposed_rel_pos(
-            (q * attention.scale) @ k.transpose(-2, -1), q, self.tensor("rel_pos_h").float(),
-            self.tensor("rel_pos_w").float(), (height, width), (height, width))
-        probs = logits.softmax(dim=-1).view(-1, height, width, height, width)
-        d_out = (g.float() @ attention.proj.weight.float()).reshape(rows_, height, width, heads, -1)
-        d_out = d_out.permute(0, 3, 1, 2, 4).reshape(rows_ * heads, tokens, -1)
-        weighted = (d_out @ v.transpose(-2, -1)).view_as(probs).mul_(probs)  # P * dP
-        # d_logits = P * dP - P * rowsum(P * dP); only its sums over kw (rel_h) and over kh (rel_w) are needed
-        rows_h, rows_w = weighted.sum(4), weighted.sum(3)
-        total = rows_h.sum(-1, keepdim=True)
-        d_rel_h = rows_h - total * probs.sum(4)
-        d_rel_w = rows_w - total * probs.sum(3)
-        r_q = q.reshape(-1, height, width, q.shape[-1])
-        d_rh = torch.einsum("bhwc,bhwk->bhkc", r_q, d_rel_h)  # [R*heads, H, H, hd]
-        d_rw = torch.einsum("bhwc,bhwk->bwkc", r_q, d_rel_w)  # [R*heads, W, W, hd]
-        return {"rel_pos_h": _gather_rows(d_rh, height), "rel_pos_w": _gather_rows(d_rw, width)}
+    def taps_inside(self, inputs, units, tap):
+        x = inputs[0] if inputs else None
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            return None
+        height, width = x.shape[1:3]
+        if self.module.rel_pos_h.shape[0] != 2 * height - 1 or self.module.rel_pos_w.shape[0] != 2 * width - 1:
+            return None
+        sides = {"rel_pos_h": height, "rel_pos_w": width}
+        equations = {equation: name for equation, name in _REL_POS_EINSUMS.items() if name in self.names}
+        return _RelPosTaps(equations, sides, partial(self._table_grad, units), tap)
+
+    def _table_grad(self, units: Units, name: str, r_q: torch.Tensor, grad: torch.Tensor) -> Contributions:
+        """r_q [R*heads, H, W, hd], grad of rel_h [R*heads, H, W, H] (rel_w: [..., W]) -> per-unit gradient."""
+        side = grad.shape[-1]
+        r_q = r_q.float().reshape(units.batch, -1, *r_q.shape[1:])
+        grad = grad.float().reshape(units.batch, -1, *grad.shape[1:])
+        pattern = "bmhwc,bmhwk->bhkc" if name == "rel_pos_h" else "bmhwc,bmhwk->bwkc"
+        per_example = _gather_rows(torch.einsum(pattern, r_q, grad), side)  # [B, 2*side-1, hd]
+        return {name: PerUnit(units.sum(per_example))}
+
+
+# the einsums of SAM's add_decomposed_rel_pos that make rel_h and rel_w from r_q and Rh / Rw
+_REL_POS_EINSUMS = {"bhwc,hkc->bhwk": "rel_pos_h", "bhwc,wkc->bhwk": "rel_pos_w"}
+
+
+class _RelPosTaps(TorchFunctionMode):
+    """Inside one Attention forward: taps the outputs of the einsums in `equations` (equation -> table name)
+    whose table operand has the size the layer's input implies (`sides`: table name -> side)."""
+
+    def __init__(self, equations: dict[str, str], sides: dict[str, int], table_grad, tap: Tap) -> None:
+        super().__init__()
+        self.equations, self.sides, self.table_grad, self.tap = equations, sides, table_grad, tap
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.einsum and len(args) == 3 and not kwargs and args[0] in self.equations:
+            name, (r_q, table) = self.equations[args[0]], args[1:]
+            side = self.sides[name]
+            if table.shape[:2] == (side, side) and r_q.shape[-1] == table.shape[-1]:
+                out = self.tap([name], out, partial(self.table_grad, name, r_q.detach()))
+        return out
 
 
 def _gather_rows(d_table: torch.Tensor, side: int) -> torch.Tensor:
@@ -243,7 +262,7 @@ def _gather_rows(d_table: torch.Tensor, side: int) -> torch.Tensor:
 def rule_for(module: nn.Module, names: list[str]) -> Rule:
     """The rule for `module`'s own trainable tensors `names`."""
     kind = type(module)
-    if kind is _SamAttention and set(names) <= {"rel_pos_h", "rel_pos_w"}:
+    if kind is _SamAttention and set(names) <= set(_REL_POS_EINSUMS.values()):
         return RelPosRule(module, names)
     if kind in (LoRALinear, LoRAQKV):
         return LoRARule(module, names)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fedmed.models import METHODS
+from fedmed.models.sam_import import import_sam_modeling
 from fedmed.privacy import FastClipper, Units, exact_clipped_sum
 from fedmed.privacy import fast_clip as fast_clip_module
 from fedmed.train import SegmentationLoss, boxes_from_masks
@@ -86,6 +87,46 @@ def test_a_tensor_no_rule_sees_falls_back_to_the_exact_route(monkeypatch):
     assert_same_clipped_sum(fast, exact, model.trainable_names)
 
 
+def _rel_pos_by_matmul(attn, q, rel_pos_h, rel_pos_w, q_size, k_size):
+    """SAM's add_decomposed_rel_pos with its two einsums written as matmuls (same values)."""
+    encoder = import_sam_modeling().image_encoder
+    rh, rw = encoder.get_rel_pos(q_size[0], k_size[0], rel_pos_h), encoder.get_rel_pos(q_size[1], k_size[1], rel_pos_w)
+    r_q = q.reshape(q.shape[0], *q_size, q.shape[-1])
+    rel_h = r_q @ rh.transpose(1, 2)[None]  # [B, H, W, kh]
+    rel_w = (r_q.transpose(1, 2) @ rw.transpose(1, 2)[None]).transpose(1, 2)  # [B, H, W, kw]
+    logits = attn.view(q.shape[0], *q_size, *k_size) + rel_h[..., None] + rel_w[..., None, :]
+    return logits.view(q.shape[0], q_size[0] * q_size[1], k_size[0] * k_size[1])
+
+
+def test_rel_pos_tables_no_tap_sees_fall_back_to_the_exact_route(monkeypatch):
+    """Should SAM's attention stop making rel_h / rel_w by the einsums the rule taps, the tables are used
+    in the graph but seen by no tap: the route check must send them to the exact route, not report zeros."""
+    monkeypatch.setattr(import_sam_modeling().image_encoder, "add_decomposed_rel_pos", _rel_pos_by_matmul)
+    model = perturbed_model("fedsam", prompt="box")
+    inputs = _inputs(model, 3)
+    units = Units.singletons(3)
+    clipper = FastClipper(model)
+    fast, _, _ = clipper(*inputs, units, max_grad_norm=1e9)
+    exact, _ = exact_clipped_sum(model, *inputs, units, max_grad_norm=1e9)
+    tables = tuple(name for name in model.trainable_names if ".rel_pos_" in name)
+    assert tables and clipper.route.exact == tables
+    assert_same_clipped_sum(fast, exact, list(tables))
+    assert_same_clipped_sum(fast, exact, model.trainable_names)
+
+
+def test_no_mode_stays_entered_when_the_forward_raises(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("inside the attention")
+
+    model = perturbed_model("fedsam", prompt="box")
+    inputs = _inputs(model, 2)
+    monkeypatch.setattr(import_sam_modeling().image_encoder, "add_decomposed_rel_pos", broken)
+    with pytest.raises(RuntimeError, match="inside the attention"):
+        FastClipper(model)(*inputs, Units.singletons(2), max_grad_norm=1.0)
+    assert torch._C._len_torch_function_stack() == 0
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
 def test_a_unit_larger_than_a_chunk_is_summed_then_clipped():
     model = perturbed_model("samed", prompt="none")
     inputs = _inputs(model, 3)
@@ -96,8 +137,10 @@ def test_a_unit_larger_than_a_chunk_is_summed_then_clipped():
     assert_same_clipped_sum(chunked, whole, model.trainable_names)
 
 
-def test_hooks_are_gone_after_a_call():
-    model = perturbed_model("fedmsa", prompt="box")
+@pytest.mark.parametrize("method", ["fedmsa", "fedsam"])
+def test_hooks_are_gone_after_a_call(method):
+    model = perturbed_model(method, prompt="box")
     inputs = _inputs(model, 2)
     FastClipper(model)(*inputs, Units.singletons(2), max_grad_norm=1.0)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert torch._C._len_torch_function_stack() == 0

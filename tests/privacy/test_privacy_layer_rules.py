@@ -110,6 +110,35 @@ def _reference(layer, own: dict[str, nn.Parameter], inputs, grad, labels) -> dic
     return {name: units.sum(torch.stack([g[name] for g in per_example])) for name in own}
 
 
+def _contributions(rule, layer, inputs, grad, units) -> dict:
+    """As the clipper gets them: from taps inside the layer's forward if the rule has them, else from the
+    layer's inputs and output gradient."""
+    inputs = tuple(x.detach() for x in inputs)
+    collected = {}
+
+    def tap(names, tensor, on_grad):
+        tensor.register_hook(lambda g: collected.update(on_grad(g)))
+        return tensor
+
+    mode = rule.taps_inside(inputs, units, tap)
+    if mode is None:
+        return rule(inputs, grad, units)
+    with mode:
+        out = layer(*inputs)
+    own = [p for p in layer.parameters(recurse=False) if p.requires_grad]
+    torch.autograd.grad((out * grad).sum(), own)
+    return collected
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2], [5, 5, 8]], ids=["images", "patients"])
+def test_rel_pos_tables_are_tapped_inside_unless_interpolated(labels):
+    units = Units.of_labels(labels)
+    for name, inside in (("rel-pos", True), ("rel-pos-interpolated", False)):
+        layer, inputs, _ = _case(name)
+        mode = rule_for(layer, ["rel_pos_h", "rel_pos_w"]).taps_inside(inputs, units, lambda n, t, f: t)
+        assert (mode is not None) is inside, name
+
+
 @pytest.mark.parametrize("labels", [[0, 1, 2], [5, 5, 8]], ids=["images", "patients"])
 @pytest.mark.parametrize("name", NAMES)
 def test_rule_equals_autograd_per_example(name, labels):
@@ -119,7 +148,7 @@ def test_rule_equals_autograd_per_example(name, labels):
     assert type(rule) is kind
     grad = torch.randn(layer(*inputs).shape, generator=torch.Generator().manual_seed(1))
     units = Units.of_labels(labels)
-    contributions = rule(tuple(x.detach() for x in inputs), grad, units)
+    contributions = _contributions(rule, layer, inputs, grad, units)
     expected = _reference(layer, own, inputs, grad, labels)
     factors = torch.tensor([0.3, 1.0, 0.7])[: units.count]
     assert set(contributions) == set(own)
