@@ -6,8 +6,9 @@ registrations); the run is submitted with `flwr run` as an app bundle holding no
 `pyproject.toml` that names fedmed's ServerApp and ClientApp, so every party runs the fedmed it
 installed. The ServerApp (a `flwr-serverapp` process the SuperLink starts) reads the plan file.
 The coordinator owns its processes (`fedmed.fl.launch.processes`): the SuperLink dies with the
-command that started it, and a start that finds an earlier one's processes still running, or its
-port taken, stops with `BusyError` naming them. Failures carry the lines of Flower's log that
+command that started it; a start stops the processes an earlier server left when that server died,
+and one that finds a running server's processes, or its port taken, stops with `BusyError` naming
+them. Failures carry the lines of Flower's log that
 explain them (`fedmed.fl.launch.flower_logs`).
 
 Site (`start_supernode`): `flower-supernode --isolation process` with the site's key and the CA it
@@ -195,7 +196,11 @@ class Coordinator:
 
     def check_free(self) -> None:
         """`BusyError` when an earlier server's SuperLink or ServerApp still runs for this run
-        directory `SURVIVOR_GRACE_S` seconds after the start, or something else listens on the address."""
+        directory `SURVIVOR_GRACE_S` seconds after the start, or something else listens on the address.
+        Orphans of an earlier server that died (killed, say: Flower's ServerApp does not always stop
+        with it) are stopped first: SIGTERM, then SIGKILL."""
+        if self.processes.owner_gone() and (orphans := self.processes.survivors()):
+            terminate(orphans)
         if survivors := self.processes.survivors(grace_s=SURVIVOR_GRACE_S):
             listed = "\n".join(f"  pid {p.pid}: {p.command[:160]}" for p in survivors)
             raise BusyError(f"processes of an earlier `fedmed server` on {self.home.parent} still run:\n{listed}\n"
@@ -209,6 +214,7 @@ class Coordinator:
         """Start the SuperLink (it dies with this process) and point a private `flwr` CLI config at it."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.check_free()
+        self.processes.claim()
         host, port = split_address(self.address)
         command = [_bin("flower-superlink"), "--host", host, "--port", str(port),
                    "--database", str(self.home / "superlink.db"), "--disable-runtime-dependency-installation"]

@@ -5,8 +5,9 @@ any that outlived it.
   of SIGKILL (Linux `PR_SET_PDEATHSIG`); Flower's own children (SuperExec, ServerApp) watch their
   parent's pid and stop with it.
 - `ProcessFile`: `<home>/processes.json` names every process of the tree (pid, start time, command),
-  kept current while it runs; `survivors()` reads it at the next start and returns those still
-  running (matched by pid and start time, so a reused pid is not mistaken for them).
+  kept current while it runs, and `owner.json` the command that started it; `survivors()` reads it
+  at the next start and returns those still running (matched by pid and start time, so a reused pid
+  is not mistaken for them); `owner_gone()` tells orphans of a dead command from a running one's.
 - `port_in_use`: whether HOST:PORT can be bound (as uvicorn binds it, with SO_REUSEADDR).
 
 Linux only reads `/proc`; elsewhere the tree is the started process alone and nothing dies with its
@@ -105,10 +106,26 @@ def terminate(procs: list[Proc], *, timeout: float = 20) -> None:
 
 
 class ProcessFile:
-    """`<home>/processes.json`: the processes of a tree this command owns (see the module doc)."""
+    """`<home>/processes.json`: the processes of a tree this command owns (see the module doc), and
+    `<home>/owner.json`: the command that owns them."""
 
     def __init__(self, home: Path):
         self.path = home / "processes.json"
+        self.owner_path = home / "owner.json"
+
+    def claim(self) -> None:
+        """Record this process as the owner of the tree it is about to start."""
+        if (me := describe(os.getpid())) is not None:
+            self.owner_path.write_text(json.dumps(asdict(me)) + "\n")
+
+    def owner_gone(self) -> bool:
+        """Whether the command that started the recorded tree is known to have died (False when no
+        owner is recorded, or it still runs)."""
+        try:
+            owner = Proc(**json.loads(self.owner_path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return False
+        return not owner.alive()
 
     def record(self, procs: list[Proc]) -> None:
         known = {(p.pid, p.start): p for p in self.read() + procs if p.alive()}
@@ -131,6 +148,7 @@ class ProcessFile:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        self.owner_path.unlink(missing_ok=True)
 
 
 def port_in_use(host: str, port: int) -> bool:

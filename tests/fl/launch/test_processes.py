@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import pytest
 
@@ -76,6 +78,22 @@ def test_a_survivor_that_stops_within_the_grace_is_none_and_one_that_does_not_is
         for process in (brief, lasting):
             process.kill()
             process.wait()
+
+
+def test_the_owner_of_a_tree_is_known_to_have_died_only_when_it_did(tmp_path):
+    """A start stops the survivors of a server that died, never those of one that runs (or of none recorded)."""
+    files = ProcessFile(tmp_path)
+    assert not files.owner_gone()  # nothing recorded: not known to be gone
+    files.claim()
+    assert not files.owner_gone()  # this process runs
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / "owner.json").write_text(json.dumps(asdict(describe(owner.pid))))
+    assert not files.owner_gone()
+    owner.kill()
+    owner.wait()
+    assert files.owner_gone()
+    files.clear()
+    assert not files.owner_gone()
 
 
 def test_a_taken_port_is_seen():
